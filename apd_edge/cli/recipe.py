@@ -1,0 +1,25 @@
+"""``apd-edge recipe check``: validate a recipe and print it resolved."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import load_recipe, recipe_to_yaml
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe value, e.g. --set train.lr=0.01 (repeatable).")
+
+
+@click.group()
+def recipe() -> None:
+    """Work with recipes."""
+
+
+@recipe.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+def check(file: str, overrides: tuple[str, ...]) -> None:
+    """Validate FILE (with overrides) and print the resolved recipe."""
+    r = load_recipe(file, overrides)
+    click.echo(recipe_to_yaml(r), nl=False)
+    click.echo(f"# {file}: valid", err=True)

@@ -1,0 +1,33 @@
+"""Shared fixtures. Real-data tests find CamVid at $APD_CAMVID or ../shared/data/camvid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def camvid_path() -> Path:
+    return Path(os.environ.get("APD_CAMVID", REPO.parent / "shared" / "data" / "camvid"))
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    root = camvid_path()
+    if not (root / "train").is_dir():
+        pytest.skip(f"CamVid copy not found at {root} (set APD_CAMVID to run real-data tests)")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
