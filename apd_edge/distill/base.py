@@ -107,7 +107,7 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_forward(self, images: torch.Tensor) -> dict[str, Any]:
         """Teacher outputs ``{"out", "feat"}`` in eval mode, under no_grad."""
-        return self._teacher.forward_features(images) if hasattr(self._teacher, "forward_features") else self._teacher(images)
+        return self._teacher.forward_dict(images, with_aux=False)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         s_out = self.student(images)
