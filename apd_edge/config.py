@@ -6,6 +6,7 @@ Every error names the key path (``train.lr``) and, for unknown keys, suggests th
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,26 @@ import yaml
 from .errors import ApdError, suggest
 
 IGNORE_INDEX = 255  # every dataset maps its void label to this value
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    """Parse YAML text the way recipes are parsed."""
+    return yaml.load(text, Loader=_RecipeLoader)
 
 
 class RecipeError(ApdError):
@@ -318,7 +339,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise RecipeError(f"--set {item!r}: expected key=value, e.g. train.lr=0.01")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -328,6 +349,11 @@ def _leaf_value(tp: Any, raw: str, parsed: Any) -> Any:
     """Strings stay as typed (``name=123`` is the string "123"); everything else is parsed YAML."""
     if tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp)):
         return None if raw == "null" else raw
+    if isinstance(parsed, str) and (tp is float or float in typing.get_args(tp)):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(parsed)
+        except ValueError:
+            pass
     return parsed
 
 
@@ -346,6 +372,10 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                     value = _leaf_value(typing.get_type_hints(cls)[k], item.split("=", 1)[1], value)
                 node[k] = value
             else:
+                if cls is not None:
+                    tp = typing.get_type_hints(cls)[k]
+                    if not dataclasses.is_dataclass(tp) and typing.get_origin(tp) is not dict:
+                        raise RecipeError(f"--set: '{path}' is not a section")
                 child = node.get(k)
                 if child is None:
                     child = node[k] = {}
@@ -353,7 +383,6 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                     raise RecipeError(f"--set: '{path}' is not a section")
                 node = child
                 if cls is not None:
-                    tp = typing.get_type_hints(cls)[k]
                     cls = tp if dataclasses.is_dataclass(tp) else None
     return data
 
@@ -364,7 +393,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
