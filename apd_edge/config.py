@@ -327,6 +327,32 @@ def _cross_check(r: Recipe) -> None:
         raise RecipeError("teacher: set either teacher.name or teacher.factory, not both")
 
 
+def validate_names(recipe: Recipe) -> None:
+    """Check registry names (model.name, teacher.name, data.dataset); imports the registries lazily.
+
+    Kept out of ``load_recipe`` so loading a recipe stays light; ``recipe check`` calls it.
+    """
+    from .errors import unknown_name
+
+    try:
+        from .models import list_models
+    except ImportError:  # pragma: no cover - models need torch
+        list_models = None
+    if list_models is not None:
+        names = list_models()
+        for path, value in (("model.name", recipe.model.name), ("teacher.name", recipe.teacher.name)):
+            if value is not None and value not in names:
+                raise RecipeError(f"{path}: {unknown_name('model', value, names)}")
+    try:
+        from .data.registry import list_datasets
+
+        datasets = list_datasets()
+    except ImportError:  # the data registry may be absent or partial in a light install
+        return
+    if recipe.data.dataset not in datasets:
+        raise RecipeError(f"data.dataset: {unknown_name('dataset', recipe.data.dataset, datasets)}")
+
+
 def recipe_from_dict(data: dict | None) -> Recipe:
     """Validate a plain mapping into a Recipe."""
     recipe = _build(Recipe, data or {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import load_recipe, recipe_to_yaml
+from ..config import load_recipe, recipe_to_yaml, validate_names
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a recipe value, e.g. --set train.lr=0.01 (repeatable).")
@@ -19,7 +19,8 @@ def recipe() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
 def check(file: str, overrides: tuple[str, ...]) -> None:
-    """Validate FILE (with overrides) and print the resolved recipe."""
+    """Validate FILE (with overrides), including model and dataset names, and print the resolved recipe."""
     r = load_recipe(file, overrides)
+    validate_names(r)
     click.echo(recipe_to_yaml(r), nl=False)
     click.echo(f"# {file}: valid", err=True)

@@ -18,6 +18,8 @@ class SegModel(nn.Module):
     feat_channels: int = 0
     feat_stride: int = 8
     default_aux_weights: list[float] = []
+    # names of training-only submodules (auxiliary heads): skipped at inference, not counted in its size
+    aux_prefixes: tuple[str, ...] = ()
 
     def _forward(self, x: torch.Tensor, with_aux: bool) -> dict[str, Any]:
         raise NotImplementedError
@@ -28,6 +30,11 @@ class SegModel(nn.Module):
     def forward(self, x: torch.Tensor):
         out = self._forward(x, self.training)
         return out if self.training else out["out"]
+
+    def num_params(self, inference: bool = True) -> int:
+        """Parameter count; ``inference=True`` leaves out the training-only heads in ``aux_prefixes``."""
+        skip = tuple(f"{p}." for p in self.aux_prefixes) if inference else ()
+        return sum(p.numel() for n, p in self.named_parameters() if not (skip and n.startswith(skip)))
 
     def lr_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters under ``backbone.`` train at the base lr; the rest (heads) at ``head_lr_mult``."""
