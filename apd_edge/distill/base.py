@@ -6,6 +6,9 @@ The engine sees only this interface:
   * ``extra_state_dict()`` / ``load_extra_state_dict()`` for internal optimizers (APD's teacher projector),
   * ``student`` (what is saved and exported).
 Distillers see models only through the output contract: ``out``, ``aux``, ``feat``.
+The teacher (and APD's teacher projector) are held unregistered: out of ``parameters()``, DDP and the
+optimizer, yet they follow ``.to()`` / ``.cuda()`` through ``_apply``. In eval mode ``forward`` still
+computes the losses (from ``student.forward_dict``) and steps nothing.
 """
 
 from __future__ import annotations
@@ -35,19 +38,25 @@ def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean CE over the non-ignored pixels; 0 (not NaN, still attached) when every pixel is ignored."""
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
+
+
 def task_loss(
     outputs: dict[str, Any], labels: torch.Tensor, aux_weights: list[float], ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CE on the main logits plus weighted CE on each auxiliary head (upsampled to label size)."""
     size = labels.shape[-2:]
-    ce = F.cross_entropy(upsample_to(outputs["out"], size), labels, ignore_index=ignore_index)
+    ce = cross_entropy(upsample_to(outputs["out"], size), labels, ignore_index)
     parts = {"ce": ce.detach()}
     total = ce
     aux = outputs.get("aux") or []
     if aux:
         if len(aux_weights) != len(aux):
             raise ValueError(f"model has {len(aux)} auxiliary heads but {len(aux_weights)} aux weights were given")
-        aux_sum = sum(w * F.cross_entropy(upsample_to(a, size), labels, ignore_index=ignore_index)
+        aux_sum = sum(w * cross_entropy(upsample_to(a, size), labels, ignore_index)
                       for w, a in zip(aux_weights, aux) if w)
         if isinstance(aux_sum, torch.Tensor):
             total = total + aux_sum
@@ -98,11 +107,17 @@ class Distiller(nn.Module):
             self._teacher.eval()
         return self
 
-    def to(self, *args, **kwargs):  # the unregistered teacher must move too
-        super().to(*args, **kwargs)
-        if self._teacher is not None:
-            self._teacher.to(*args, **kwargs)
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.cuda()/.float() all go through _apply: unregistered members (the teacher, and
+        # whatever a subclass lists in ``_unregistered()``) must follow the distiller
+        super()._apply(fn, recurse)
+        for m in self._unregistered():
+            m._apply(fn, recurse)
         return self
+
+    def _unregistered(self) -> list[nn.Module]:
+        """Modules held outside the registered tree (kept out of parameters(), DDP and state_dict)."""
+        return [self._teacher] if self._teacher is not None else []
 
     @torch.no_grad()
     def teacher_forward(self, images: torch.Tensor) -> dict[str, Any]:
@@ -110,7 +125,10 @@ class Distiller(nn.Module):
         return self._teacher.forward_dict(images, with_aux=False)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        s_out = self.student(images)
+        if self.training:
+            s_out = self.student(images)
+        else:  # eval mode: SegModel.forward gives bare logits; the losses need the dict
+            s_out = getattr(self.student, "module", self.student).forward_dict(images, with_aux=False)
         total, parts = task_loss(s_out, labels, self.aux_weights, self.ignore_index)
         if self.uses_teacher:
             t_out = self.teacher_forward(images)

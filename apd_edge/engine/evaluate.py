@@ -1,0 +1,182 @@
+"""Evaluation: mIoU over a loader (whole image, sliding window, flip, multi-scale), and the
+checkpoint-level entry used by ``apd-edge eval`` (recipe from the checkpoint, optional visualisations)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import IGNORE_INDEX, Recipe, apply_overrides, recipe_from_dict, recipe_to_dict
+from ..errors import ApdError
+from .inference import predict_scores
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, flip: bool = False, scales: Sequence[float] = (1.0,),
+             window: Sequence[int] | None = None, stride: Sequence[int] | None = None, progress: bool = True,
+             *, ignore_index: int = IGNORE_INDEX, max_images: int | None = None,
+             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+             reduce: bool = True) -> dict[str, Any]:
+    """mIoU of ``model`` on ``loader`` (images normalised Bx3xHxW, labels BxHxW with void 255).
+
+    Returns ``ConfusionMatrix.compute()`` (iou, miou, acc, macc, present) plus ``images`` and
+    ``seconds``. Under torch.distributed the confusion matrix is summed over ranks (``reduce``).
+    ``on_batch(images, labels, preds)`` sees every batch (used for visualisations).
+    """
+    from ..metrics import ConfusionMatrix
+
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    seen = 0
+    t0 = time.perf_counter()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_images is not None and total is not None:
+        total = min(total, math.ceil(max_images / max(1, getattr(loader, "batch_size", 1) or 1)))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True)
+    try:
+        for images, labels in loader:
+            if max_images is not None and seen >= max_images:
+                break
+            if max_images is not None and seen + images.shape[0] > max_images:
+                images, labels = images[: max_images - seen], labels[: max_images - seen]
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            preds = predict_scores(model, images, flip=flip, scales=scales, window=window, stride=stride).argmax(1)
+            cm.update(preds, labels)
+            if on_batch is not None:
+                on_batch(images, labels, preds)
+            seen += images.shape[0]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    if reduce:
+        cm.reduce_()
+    result = dict(cm.compute())
+    result["images"] = seen
+    result["seconds"] = time.perf_counter() - t0
+    result["confusion"] = cm
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Visualisations
+# ------------------------------------------------------------------------------------------------
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """HxW label map -> HxWx3 uint8 RGB; void (and anything outside the palette) is black."""
+    lut = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:255]
+    lut[: len(pal)] = pal
+    return lut[labels.astype(np.uint8)]
+
+
+def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """3xHxW normalised tensor -> HxWx3 uint8 RGB."""
+    m = torch.tensor(mean, device=image.device).view(3, 1, 1)
+    s = torch.tensor(std, device=image.device).view(3, 1, 1)
+    img = ((image.float() * s + m).clamp(0, 1) * 255).round().byte()
+    return img.permute(1, 2, 0).cpu().numpy()
+
+
+class VisWriter:
+    """Writes ``image | ground truth | prediction`` PNGs, numbered in loader order."""
+
+    def __init__(self, out_dir: str | Path, palette, mean, std) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.palette, self.mean, self.std = palette, mean, std
+        self.count = 0
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> None:
+        import cv2
+
+        for img, lab, pred in zip(images, labels, preds):
+            rgb = denormalize(img, self.mean, self.std)
+            gt = colorize(lab.cpu().numpy(), self.palette)
+            pr = colorize(pred.cpu().numpy(), self.palette)
+            sep = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+            row = np.concatenate([rgb, sep, gt, sep, pr], axis=1)
+            cv2.imwrite(str(self.out_dir / f"{self.count:05d}.png"), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+            self.count += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint evaluation (what `apd-edge eval` calls)
+# ------------------------------------------------------------------------------------------------
+
+
+def recipe_for_eval(ckpt: dict, data: str | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """The checkpoint's recipe, with ``--data DATASET:ROOT`` and ``--set`` overrides applied."""
+    raw = ckpt.get("recipe")
+    if not isinstance(raw, dict):
+        raise ApdError("checkpoint holds no recipe: pass one through --data DATASET:ROOT and --set")
+    raw = recipe_to_dict(recipe_from_dict(raw))  # normalise older/partial recipes
+    if data:
+        name, _, root = data.partition(":")
+        if not name:
+            raise ApdError(f"--data {data!r}: expected DATASET or DATASET:ROOT, e.g. camvid:data/camvid")
+        raw["data"]["dataset"] = name
+        raw["data"]["root"] = root or None
+    return recipe_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def evaluate_checkpoint(source: str | Path, *, data: str | None = None, overrides: Sequence[str] = (),
+                        split: str | None = None, flip: bool | None = None, scales: Sequence[float] | None = None,
+                        window: Sequence[int] | None = None, save_vis: str | Path | None = None,
+                        max_images: int | None = None, device: str = "auto", progress: bool = True,
+                        ) -> dict[str, Any]:
+    """Evaluate a checkpoint (file or run folder). Returns the metrics plus ``class_names`` and ``table``."""
+    from ..data import build_dataset, build_loader
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .distributed import resolve_device
+
+    ckpt = load_checkpoint(source)
+    recipe = recipe_for_eval(ckpt, data, overrides)
+    model, _ = model_from_checkpoint(ckpt)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    split = split or recipe.data.val_split
+    dataset = build_dataset(recipe.data, split)
+    num_classes = int(ckpt["num_classes"])
+    if dataset.num_classes != num_classes:
+        raise ApdError(f"dataset '{recipe.data.dataset}' has {dataset.num_classes} classes but the checkpoint "
+                       f"was trained for {num_classes}")
+    loader = build_loader(recipe, split, train=False, batch_size=recipe.eval.batch_size)
+    names = list(ckpt.get("classes") or dataset.class_names)
+    palette = ckpt.get("palette") or dataset.palette
+    vis = VisWriter(save_vis, palette, recipe.data.mean, recipe.data.std) if save_vis else None
+    result = evaluate(model, loader, num_classes,
+                      flip=recipe.eval.flip if flip is None else flip,
+                      scales=recipe.eval.scales if scales is None else scales,
+                      window=window if window is not None else recipe.eval.sliding_window,
+                      stride=recipe.eval.sliding_stride, progress=progress, max_images=max_images,
+                      on_batch=vis)
+    result["class_names"] = names
+    result["table"] = result["confusion"].table(names)
+    result["split"] = split
+    result["dataset"] = recipe.data.dataset
+    result["checkpoint"] = str(source)
+    result["model_name"] = ckpt["model_name"]
+    result["step"] = ckpt.get("step")
+    return result

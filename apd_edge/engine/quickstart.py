@@ -1,0 +1,84 @@
+"""The quick start: train a tiny teacher on synthetic data, distill a student with APD, evaluate both.
+
+Uses ``recipes/quickstart_teacher.yaml`` and ``recipes/quickstart.yaml``; each run gets a fresh folder
+(``name``, ``name-2``, ...) under ``out`` so the command can be repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Recipe, load_recipe
+from ..errors import ApdError
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _recipe(file: str, overrides: list[str]) -> Recipe:
+    path = RECIPES / file
+    if not path.is_file():
+        raise ApdError(f"quickstart recipe not found: {path} (run from a source checkout of apd-edge)")
+    return load_recipe(path, overrides)
+
+
+def _free_name(out: Path, name: str) -> str:
+    cand, i = name, 1
+    while (out / cand / "last.pt").exists():
+        i += 1
+        cand = f"{name}-{i}"
+    return cand
+
+
+def _fast_overrides(recipe: Recipe) -> list[str]:
+    it = max(20, recipe.train.iterations // 4)
+    return [f"train.iterations={it}", f"train.eval_interval={it}", f"train.ckpt_interval={it}",
+            f"train.warmup_iters={min(recipe.train.warmup_iters, it // 4)}"]
+
+
+def run_quickstart(out: str | Path = "runs", fast: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Teacher training, APD distillation and evaluation. Returns the numbers of the final table."""
+    from .trainer import train
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    base = [f"output_dir={out}"]
+    t_rec = _recipe("quickstart_teacher.yaml", base)
+    extra = _fast_overrides(t_rec) if fast else []
+    t_rec = _recipe("quickstart_teacher.yaml", base + extra + [f"name={_free_name(out, t_rec.name)}"])
+    t_dir = train(t_rec, progress=progress)
+    t_ckpt = t_dir / "best.pt" if (t_dir / "best.pt").is_file() else t_dir / "last.pt"
+    t_time = time.perf_counter() - t0
+
+    s_rec = _recipe("quickstart.yaml", base + [f"teacher.checkpoint={t_ckpt}"])
+    extra = _fast_overrides(s_rec) if fast else []
+    s_rec = _recipe("quickstart.yaml", base + extra + [f"teacher.checkpoint={t_ckpt}",
+                                                       f"name={_free_name(out, s_rec.name)}"])
+    s_dir = train(s_rec, distill=True, progress=progress)
+    s_time = time.perf_counter() - t0 - t_time
+
+    # each run ends with a validation pass on the full val split: reuse it instead of evaluating again
+    t_sum = json.loads((t_dir / "summary.json").read_text())
+    s_sum = json.loads((s_dir / "summary.json").read_text())
+    return {
+        "teacher": {"run": str(t_dir), "model": t_rec.model.name, "miou": float(t_sum["final_miou"]),
+                    "params": int(t_sum["params"]), "seconds": t_time},
+        "student": {"run": str(s_dir), "model": s_rec.model.name, "miou": float(s_sum["final_miou"]),
+                    "params": int(s_sum["params"]), "seconds": s_time, "method": s_rec.distill.method},
+        "wall_time_s": time.perf_counter() - t0,
+    }
+
+
+def format_table(res: dict[str, Any]) -> str:
+    t, s = res["teacher"], res["student"]
+    rows = [("", "model", "mIoU %", "params", "train s"),
+            ("teacher", t["model"], f"{100 * t['miou']:.2f}", f"{t['params'] / 1e6:.3f} M", f"{t['seconds']:.0f}"),
+            (f"student ({s['method']})", s["model"], f"{100 * s['miou']:.2f}", f"{s['params'] / 1e6:.3f} M",
+             f"{s['seconds']:.0f}")]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"total {res['wall_time_s']:.0f} s; runs: {t['run']}, {s['run']}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""`apd-edge train | distill | eval` through Click's CliRunner, and a short distillation that learns."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from apd_edge.cli.main import cli
+from test_engine_train import _one_thread, tiny_recipe  # noqa: F401  (fixture)
+
+
+def _write(tmp_path, recipe: dict, name: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_cli_train_then_eval_with_visualisations(tmp_path):
+    rec = _write(tmp_path, tiny_recipe(tmp_path, "clirun", iterations=4, eval_interval=4, ckpt_interval=4), "r")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(rec), "--set", "train.lr=0.01", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "mIoU" in res.output and "clirun" in res.output  # the printed summary
+    run = tmp_path / "runs" / "clirun"
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["lr"] == 0.01
+    again = runner.invoke(cli, ["train", str(rec), "--quiet"])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    vis = tmp_path / "vis"
+    res = runner.invoke(cli, ["eval", str(run), "--max-images", "3", "--save-vis", str(vis), "--flip", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "mIoU" in res.output and "road" in res.output and "3 images" in res.output
+    pngs = sorted(vis.glob("*.png"))
+    assert len(pngs) == 3
+    img = cv2.imread(str(pngs[0]))
+    assert img.shape[0] == 64 and img.shape[1] == 3 * 96 + 8  # image | gt | prediction, 4 px separators
+
+    res = runner.invoke(cli, ["eval", str(run / "last.pt"), "--scales", "0.5,x", "--quiet"])
+    assert res.exit_code == 2 and "--scales" in res.output
+
+
+def test_cli_eval_corrupt_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x00garbage")
+    res = CliRunner().invoke(cli, ["eval", str(bad)])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read checkpoint")
+
+
+@pytest.mark.slow
+def test_distill_with_apd_improves_the_student(tmp_path):
+    """Teacher trained briefly, then APD distillation: the student ends well above its initial mIoU."""
+    from apd_edge.config import recipe_from_dict
+    from apd_edge.data import build_loader
+    from apd_edge.engine.evaluate import evaluate
+    from apd_edge.engine.trainer import seed_everything
+    from apd_edge.models import build_model
+
+    opts = dict(iterations=40, optimizer="adamw", lr=0.004, weight_decay=0.0001, head_lr_mult=1.0,
+                warmup_iters=0, eval_interval=40, ckpt_interval=40, log_interval=10)
+    teacher = tiny_recipe(tmp_path, "teacher", **opts)
+    t_run = CliRunner().invoke(cli, ["train", str(_write(tmp_path, teacher, "t")), "--quiet"])
+    assert t_run.exit_code == 0, t_run.output
+
+    student = tiny_recipe(tmp_path, "student", **opts)
+    student["teacher"] = {"checkpoint": str(tmp_path / "runs" / "teacher" / "best.pt")}
+    student["distill"] = {"method": "apd", "apd": {"proj_dim": 32}}
+    res = CliRunner().invoke(cli, ["distill", str(_write(tmp_path, student, "s")), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+    recipe = recipe_from_dict(student)
+    seed_everything(recipe.seed)
+    init = build_model("espnet", 10, alpha2=1, alpha3=1)
+    before = evaluate(init, build_loader(recipe, "val", train=False), 10, progress=False)["miou"]
+    summary = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())
+    assert summary["method"] == "apd"
+    after = summary["final_miou"]
+    records = [json.loads(x) for x in (tmp_path / "runs" / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert {"kd", "apd_pk", "apd_pa"} <= set(records[0])
+    print(f"student mIoU before {before:.4f} after {after:.4f}")
+    assert after > before + 0.05, (before, after)
+    assert torch.load(tmp_path / "runs" / "student" / "last.pt", weights_only=True)["distiller_extra"]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
+    from apd_edge.engine import quickstart
+
+    tiny = ["train.iterations=2", "train.batch_size=2", "train.crop=[64, 64]", "train.eval_interval=2",
+            "train.ckpt_interval=2", "train.log_interval=1", "data.options.num_train=4", "data.options.num_val=2",
+            "distill.apd.proj_dim=16"]
+    monkeypatch.setattr(quickstart, "_fast_overrides", lambda recipe: tiny)
+    res = CliRunner().invoke(cli, ["quickstart", "--out", str(tmp_path / "qs"), "--fast", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "teacher" in res.output and "student (apd)" in res.output and "pspnet_r18" in res.output
+    assert (tmp_path / "qs" / "quickstart" / "best.pt").is_file()
+    again = CliRunner().invoke(cli, ["quickstart", "--out", str(tmp_path / "qs"), "--fast", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "qs" / "quickstart-2" / "summary.json").is_file()  # a repeat never overwrites
