@@ -42,9 +42,10 @@ class TorchSegDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
-    # Each worker does its own decode/augment on one core; nested thread pools only fight each other.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    # Each worker decodes/augments on one core. Thread pools are NOT reconfigured here: a forked child
+    # that calls cv2.setNumThreads or torch.set_num_threads waits forever on pool threads that exist only
+    # in the parent. torch already gives workers one intra-op thread, and build_loader turns OpenCV's
+    # pool off in the parent before any worker forks.
     np.random.seed(get_worker_info().seed % 2**32)  # for any third-party code using the global RNG
 
 
@@ -104,6 +105,10 @@ def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int | None
     gen = torch.Generator()
     gen.manual_seed(recipe.seed)
     workers = d.workers
+    if workers > 0:
+        # OpenCV's pthread pool does not survive fork(); with threads off there is no pool to inherit.
+        # Decoding runs in the workers, so the parent loses nothing it uses.
+        cv2.setNumThreads(0)
     return DataLoader(
         wrapped,
         batch_size=bs,
