@@ -16,8 +16,16 @@ from ..errors import ApdError
 
 # command name -> "module:attribute" (modules under apd_edge.cli)
 COMMANDS: dict[str, str] = {
+    "data": "apd_edge.cli.data:data",
+    "export": "apd_edge.cli.export:export",
     "models": "apd_edge.cli.models:models",
     "recipe": "apd_edge.cli.recipe:recipe",
+    "bench": "apd_edge.cli.bench:bench",
+    "demo": "apd_edge.cli.demo:demo",
+    "train": "apd_edge.cli.train:train",
+    "distill": "apd_edge.cli.train:distill",
+    "eval": "apd_edge.cli.train:eval_cmd",
+    "quickstart": "apd_edge.cli.train:quickstart",
 }
 
 

@@ -1,0 +1,203 @@
+"""Benchmark rows and their outputs: terminal table, ``bench.json``, ``bench.csv``, ``bench.png``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+
+@dataclass
+class Row:
+    """One artifact x backend x precision measurement (or the reason it could not be measured).
+
+    Latencies are milliseconds per image at batch 1; ``compute_*`` times ``infer`` alone, ``e2e_*``
+    preprocess + infer + postprocess on a real image. FPS is images per second of ``infer`` (compute).
+    ``miou`` is a fraction in [0, 1]. ``None`` means not measured ("n/a" in the table).
+    """
+
+    model: str
+    artifact: str
+    backend: str
+    precision: str
+    device: str = "cpu"
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    input_size: str = ""
+    size_mb: float | None = None
+    params: int | None = None
+    gmacs: float | None = None
+    profile_source: str = ""  # manifest | onnx | torch
+    miou: float | None = None
+    pixel_acc: float | None = None
+    eval_images: int | None = None
+    eval_data: str = ""
+    compute_p50: float | None = None
+    compute_p90: float | None = None
+    compute_p99: float | None = None
+    e2e_p50: float | None = None
+    e2e_p90: float | None = None
+    e2e_p99: float | None = None
+    fps_b1: float | None = None
+    batch: int = 1
+    fps_batch: float | None = None
+    batch_note: str = ""
+    host_mem_mb: float | None = None  # peak RSS growth during the row
+    host_peak_mb: float | None = None  # the process's peak RSS during the row
+    gpu_mem_mb: float | None = None
+    threads: str = ""
+    options: str = ""
+    timing: str = ""  # how the clock was read (perf_counter, cuda events, ...)
+    warmup: int = 0
+    iters: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def row_from_dict(d: dict[str, Any]) -> Row:
+    names = {f.name for f in fields(Row)}
+    return Row(**{k: v for k, v in d.items() if k in names})
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _params(v: int | None) -> str:
+    return "n/a" if v is None else f"{v / 1e6:.2f}M"
+
+
+def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the terminal table (short columns; the files hold everything)."""
+    header = [
+        "model", "backend", "prec", "status", "size MB", "params", "GMACs", "mIoU %",
+        "ms p50/p90/p99", "e2e p50/p90/p99", "FPS b1", "FPS bN", "RSS MB +grow/peak", "threads",
+    ]
+    body = []
+    for r in rows:
+        if not r.ok:
+            body.append([r.model, r.backend, r.precision, r.status, _fmt(r.size_mb), _params(r.params),
+                         _fmt(r.gmacs), "", r.reason, "", "", "", "", ""])
+            continue
+        miou = "n/a" if r.miou is None else f"{100 * r.miou:.2f}"
+        lat = f"{_fmt(r.compute_p50)}/{_fmt(r.compute_p90)}/{_fmt(r.compute_p99)}"
+        e2e = f"{_fmt(r.e2e_p50)}/{_fmt(r.e2e_p90)}/{_fmt(r.e2e_p99)}"
+        fps_n = r.batch_note if r.fps_batch is None and r.batch_note else _fmt(r.fps_batch, 1)
+        if r.fps_batch is not None:
+            fps_n = f"{fps_n} (b{r.batch})"
+        mem = f"+{_fmt(r.host_mem_mb, 0)}/{_fmt(r.host_peak_mb, 0)}"
+        if r.gpu_mem_mb is not None:
+            mem += f" gpu {_fmt(r.gpu_mem_mb, 0)}"
+        body.append([r.model, r.backend, r.precision, r.status, _fmt(r.size_mb), _params(r.params), _fmt(r.gmacs),
+                     miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, r.threads])
+    return header, body
+
+
+def format_table(rows: Iterable[Row]) -> str:
+    """A plain-text table (monospace, aligned), used when rich is absent and in saved reports."""
+    header, body = table_rows(rows)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for b in body:
+        out.append("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip())
+    return "\n".join(out)
+
+
+def markdown_table(rows: Iterable[Row]) -> str:
+    header, body = table_rows(rows)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body]
+    return "\n".join(out)
+
+
+def print_table(rows: list[Row], title: str | None = None, echo=print) -> None:
+    """Print with rich when installed (falls back to the plain table)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        if title:
+            echo(title)
+        echo(format_table(rows))
+        return
+    header, body = table_rows(rows)
+    t = Table(title=title, show_lines=False)
+    for h in header:
+        t.add_column(h, overflow="fold")
+    for b in body:
+        t.add_row(*b)
+    Console(width=220).print(t)
+
+
+def write_json(rows: list[Row], path: Path, machine: dict[str, Any], settings: dict[str, Any]) -> Path:
+    payload = {"machine": machine, "settings": settings, "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def write_csv(rows: list[Row], path: Path) -> Path:
+    names = [f.name for f in fields(Row)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+    return path
+
+
+def plot(rows: list[Row], path: Path, title: str = "latency vs mIoU") -> Path:
+    """Scatter of end-to-end p50 latency (x) against mIoU (y): one labelled marker per measured row.
+
+    Rows measured without accuracy sit on the x axis at mIoU 0 with a hollow marker, so every
+    measured row stays visible.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    measured = [r for r in rows if r.ok and (r.e2e_p50 is not None or r.compute_p50 is not None)]
+    markers = {"ort": "o", "trt": "s", "torch": "^"}
+    models = list(dict.fromkeys(r.model for r in measured))
+    for k, r in enumerate(measured):
+        x = r.e2e_p50 if r.e2e_p50 is not None else r.compute_p50
+        has_acc = r.miou is not None
+        y = 100 * r.miou if has_acc else 0.0
+        color = f"C{models.index(r.model) % 10}"
+        ax.scatter([x], [y], marker=markers.get(r.backend, "D"), s=55, color=color,
+                   facecolors=color if has_acc else "none")
+        # staggered offsets keep labels of nearby points apart
+        ax.annotate(f"{r.model} {r.backend}/{r.precision}", (x, y), textcoords="offset points",
+                    xytext=(5, 4 + 9 * (k % 3)), fontsize=7, color=color)
+    ax.margins(x=0.3, y=0.15)
+    if not measured:
+        ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("end-to-end latency p50 (ms, batch 1)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_all(rows: list[Row], out_dir: Path, machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Path]:
+    """bench.json, bench.csv and bench.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "json": write_json(rows, out_dir / "bench.json", machine, settings),
+        "csv": write_csv(rows, out_dir / "bench.csv"),
+        "png": plot(rows, out_dir / "bench.png"),
+    }

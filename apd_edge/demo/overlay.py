@@ -1,0 +1,112 @@
+"""Drawing: class colours blended over the frame, a legend box and an FPS / latency counter.
+
+All functions work on RGB uint8 arrays. ``draw_legend`` and ``draw_hud`` return the rectangle they
+painted (x0, y0, x1, y1; exclusive ends) so callers and tests know which pixels are not the overlay.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+Rect = tuple[int, int, int, int]
+
+
+def palette_array(palette: Sequence[Sequence[int]], size: int = 256) -> np.ndarray:
+    """A 256x3 uint8 colour table; labels beyond the palette (e.g. void 255) are black."""
+    lut = np.zeros((size, 3), np.uint8)
+    pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:size]
+    lut[: len(pal)] = np.clip(pal, 0, 255)
+    return lut
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """HxW label map -> HxWx3 RGB colours."""
+    lut = palette if isinstance(palette, np.ndarray) and palette.shape == (256, 3) else palette_array(palette)
+    return lut[labels.astype(np.intp, copy=False)]
+
+
+def blend(frame_rgb: np.ndarray, labels: np.ndarray, palette, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * frame + alpha * colour`` rounded to uint8; labels must match the frame size."""
+    if labels.shape != frame_rgb.shape[:2]:
+        labels = cv2.resize(labels.astype(np.uint8), (frame_rgb.shape[1], frame_rgb.shape[0]),
+                            interpolation=cv2.INTER_NEAREST)
+    color = colorize(labels, palette).astype(np.float32)
+    out = frame_rgb.astype(np.float32) * (1.0 - alpha) + color * alpha
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _text_scale(h: int) -> tuple[float, int, int]:
+    """Font scale, thickness and line height that stay legible from 64 px to 4K frames."""
+    scale = max(0.3, min(1.2, h / 720.0))
+    thick = 1 if scale < 0.8 else 2
+    line = int(round(22 * scale)) + 4
+    return scale, thick, line
+
+
+def draw_legend(img: np.ndarray, classes: Sequence[str], palette, present: Sequence[int] | None = None,
+                max_rows: int | None = None) -> Rect | None:
+    """Colour swatches with class names in the top-right corner (in place). Returns the box or None.
+
+    ``present`` limits the legend to those class ids (e.g. classes visible in the frame); rows that do
+    not fit the frame height are dropped.
+    """
+    h, w = img.shape[:2]
+    ids = list(range(len(classes))) if present is None else [int(i) for i in present if 0 <= int(i) < len(classes)]
+    scale, thick, line = _text_scale(h)
+    rows = min(len(ids), max(0, (h - 8) // line), max_rows or len(ids))
+    if rows == 0:
+        return None
+    ids = ids[:rows]
+    sw = line - 6
+    text_w = max(cv2.getTextSize(classes[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for i in ids)
+    box_w = min(w, sw + text_w + 14)
+    x0, y0, x1, y1 = w - box_w, 0, w, min(h, rows * line + 8)
+    region = img[y0:y1, x0:x1]
+    region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken for contrast
+    pal = palette_array(palette)
+    for k, cid in enumerate(ids):
+        y = y0 + 4 + k * line
+        cv2.rectangle(img, (x0 + 4, y + 2), (x0 + 4 + sw, y + 2 + sw), tuple(int(c) for c in pal[cid]), -1)
+        cv2.putText(img, classes[cid], (x0 + sw + 9, y + sw), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thick, cv2.LINE_AA)
+    return (x0, y0, x1, y1)
+
+
+def draw_hud(img: np.ndarray, text: str) -> Rect:
+    """A counter line (FPS, latency, dropped frames) on a dark strip at the top-left (in place)."""
+    h, w = img.shape[:2]
+    scale, thick, line = _text_scale(h)
+    tw, th = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0]
+    x1, y1 = min(w, tw + 10), min(h, line + 4)
+    img[0:y1, 0:x1] = (img[0:y1, 0:x1].astype(np.uint16) * 2 // 5).astype(np.uint8)
+    cv2.putText(img, text, (5, min(h - 1, th + 5)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
+                cv2.LINE_AA)
+    return (0, 0, x1, y1)
+
+
+def hud_text(fps: float, latency_ms: float, dropped: int | None = None) -> str:
+    s = f"{fps:5.1f} FPS  {latency_ms:6.1f} ms"
+    if dropped:
+        s += f"  dropped {dropped}"
+    return s
+
+
+def render(frame_rgb: np.ndarray, labels: np.ndarray, palette, alpha: float, classes: Sequence[str] | None = None,
+           hud: str | None = None, legend: bool = True) -> tuple[np.ndarray, list[Rect]]:
+    """The full demo frame: blended overlay, optional legend (classes in view) and counter.
+
+    Returns the image and the rectangles covered by text boxes.
+    """
+    out = blend(frame_rgb, labels, palette, alpha)
+    boxes: list[Rect] = []
+    if legend and classes:
+        present = np.unique(labels)
+        box = draw_legend(out, classes, palette, present=[int(i) for i in present if i < len(classes)])
+        if box:
+            boxes.append(box)
+    if hud:
+        boxes.append(draw_hud(out, hud))
+    return out, boxes

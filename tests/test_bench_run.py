@@ -1,0 +1,263 @@
+"""``apd-edge bench`` end to end on a tiny exported ESPNet (4 classes, 64x64) with ONNX Runtime.
+
+``make_tiny_bundle`` is shared with the demo tests (built once per session under pytest's base temp).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apd_edge.errors import ApdError
+
+CLASSES = ["road", "car", "sky", "tree"]
+PALETTE = [[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]]
+
+
+def _write_folder_dataset(root: Path) -> None:
+    import cv2
+    import yaml
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": CLASSES, "palette": PALETTE}))
+    for split, n in (("train", 4), ("val", 3)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            m = np.zeros((64, 64), np.uint8)
+            m[:, 20 + 4 * i:] = 1
+            m[36:, :] = 2
+            m[44:56, 30:60] = 3
+            img = (np.array(PALETTE, np.uint8)[m] // 2 + rng.integers(0, 80, (64, 64, 3), dtype=np.uint8))
+            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img[..., ::-1])
+            cv2.imwrite(str(root / "masks" / split / f"{i}.png"), m)
+
+
+def make_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
+    """(bundle, checkpoint, data root): ESPNet, 4 classes, 64x64, fp32 + int8 ONNX. Cached under ``base``."""
+    base = Path(base) / "tiny_espnet"
+    bundle, ckpt, data = base / "bundle", base / "tiny.pt", base / "data"
+    if (bundle / "manifest.json").is_file():
+        return bundle, ckpt, data
+    pytest.importorskip("apd_edge.export.bundle", reason="export_bundle not available yet")
+    import torch
+
+    from apd_edge.config import Recipe, recipe_to_dict
+    from apd_edge.engine.checkpoint import save_checkpoint
+    from apd_edge.export import export_bundle
+    from apd_edge.models import build_model
+
+    _write_folder_dataset(data)
+    r = Recipe(name="tiny")
+    r.model.name, r.data.dataset, r.data.root = "espnet", "folder", str(data)
+    r.export.input_size, r.train.crop = [64, 64], [64, 64]
+    torch.manual_seed(0)
+    model = build_model("espnet", 4)
+    save_checkpoint({"model_name": "espnet", "model_kwargs": {}, "num_classes": 4, "model": model.state_dict(),
+                     "recipe": recipe_to_dict(r), "step": 0, "best_miou": 0.0, "classes": CLASSES,
+                     "palette": PALETTE, "mean": r.data.mean, "std": r.data.std}, ckpt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny graphs: one thread is faster than two on a busy 2-core machine
+    try:
+        export_bundle(ckpt, bundle, precisions=("fp32", "int8"), calib_images=4, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return bundle, ckpt, data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.getbasetemp())
+
+
+def _rows(path: Path) -> dict[tuple[str, str], dict]:
+    return {(r["backend"], r["precision"]): r for r in json.loads(path.read_text())["rows"]}
+
+
+def _sane_latency(r: dict) -> None:
+    assert 0 < r["compute_p50"] <= r["compute_p90"] <= r["compute_p99"]
+    assert 0 < r["e2e_p50"] <= r["e2e_p90"] <= r["e2e_p99"]
+    assert r["fps_b1"] > 0
+
+
+def test_bench_cli_ort_table_json_csv_png(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+    from apd_edge.metrics import ConfusionMatrix
+    from apd_edge.runtime import Segmenter
+
+    bundle, _, data = tiny
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", str(bundle), "--backends", "ort,trt", "--precisions", "fp32,int8",
+                                   "--iters", "8", "--warmup", "2", "--batch", "2", "--threads", "1",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "espnet" in res.output and "TensorRT not installed" in res.output and "2 of 4 rows measured" in res.output
+    rows = _rows(out / "bench.json")
+    for prec in ("fp32", "int8"):
+        r = rows[("ort", prec)]
+        assert r["status"] == "ok", r["reason"]
+        _sane_latency(r)
+        assert 0.0 <= r["miou"] <= 1.0 and r["eval_images"] == 3 and r["eval_data"] == "folder:val"
+        assert r["size_mb"] > 0 and r["params"] > 100_000 and r["gmacs"] > 0
+        assert r["batch_note"] == "static batch 1" and r["fps_batch"] is None  # exported with a fixed batch
+        assert r["threads"] == "ort intra-op 1 [CPU]" and r["host_mem_mb"] is not None
+    assert rows[("ort", "int8")]["size_mb"] < rows[("ort", "fp32")]["size_mb"]
+    for prec in ("fp32", "int8"):
+        assert rows[("trt", prec)]["status"] == "skipped" and "TensorRT" in rows[("trt", prec)]["reason"]
+    # mIoU equals an independent evaluation through the runtime and the metrics module
+    from apd_edge.config import DataConfig
+    from apd_edge.data import build_dataset
+
+    seg = Segmenter.from_bundle(bundle, backend="ort", precision="fp32")
+    ds = build_dataset(DataConfig(dataset="folder", root=str(data)), "val")
+    cm = ConfusionMatrix(4)
+    for i in range(len(ds)):
+        img, mask = ds[i]
+        cm.update(seg.predict(img), mask)
+    assert rows[("ort", "fp32")]["miou"] == pytest.approx(cm.compute()["miou"])
+    with open(out / "bench.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {t["status"] for t in table} == {"ok", "skipped"}
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["machine"]["onnxruntime"] and meta["settings"]["iters"] == 8
+
+
+def test_bench_checkpoint_with_torch_and_dynamic_batch(tiny, tmp_path):
+    from apd_edge.bench.run import run_bench
+
+    _, ckpt, _ = tiny
+    import torch
+
+    before = torch.get_num_threads()
+    rows = run_bench([ckpt], backends=["torch"], precisions=["fp32", "fp16"], iters=5, warmup=1, batch=2,
+                     threads=1, out=tmp_path, echo=lambda s: None, show_table=False)
+    assert torch.get_num_threads() == before  # the runner restores the process-wide setting
+    fp32, fp16 = rows
+    assert fp32.status == "ok", fp32.reason
+    assert fp32.input_size == "64x64" and fp32.fps_batch > 0 and 0 <= fp32.miou <= 1
+    assert fp32.size_mb > 0 and fp32.params > 100_000 and fp32.threads == "torch 1"
+    assert fp16.status == "skipped" and "CUDA" in fp16.reason  # CPU here: fp16 is a CUDA-only row
+
+
+def test_bench_goes_on_after_a_broken_artifact(tiny, tmp_path):
+    from apd_edge.bench.run import run_bench
+
+    bundle, _, _ = tiny
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    rows = run_bench([broken, bundle], backends=["ort"], iters=3, warmup=0, threads=1, out=tmp_path, data="folder:" + str(tiny[2]),
+                     max_images=1, echo=lambda s: None, show_table=False)
+    assert rows[0].status == "failed" and "not valid JSON" in rows[0].reason
+    assert rows[1].status == "ok" and rows[1].eval_images == 1
+
+
+def test_newest_bundle_is_the_default(tmp_path):
+    import os
+
+    from apd_edge.bench.run import newest_bundle
+
+    for i, name in enumerate(("old", "new", "mid")):
+        (tmp_path / name).mkdir()
+        m = tmp_path / name / "manifest.json"
+        m.write_text("{}")
+        os.utime(m, (1000 + [0, 20, 10][i],) * 2)
+    assert newest_bundle(tmp_path) == tmp_path / "new"
+
+
+def test_bench_bad_arguments(tmp_path):
+    from apd_edge.bench.run import newest_bundle, run_bench
+
+    with pytest.raises(ApdError, match="unknown backend 'onnx'"):
+        run_bench([tmp_path], backends=["onnx"])
+    with pytest.raises(ApdError, match="no bundle found"):
+        newest_bundle(tmp_path)
+    with pytest.raises(ApdError, match="artifact not found"):
+        run_bench([tmp_path / "nope"])
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys, importlib.abc
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    from apd_edge.bench.run import run_bench
+    rows = run_bench([sys.argv[1]], backends=["ort", "torch"], precisions=["fp32"], iters=3, warmup=1, threads=1,
+                     out=sys.argv[2], max_images=1, echo=lambda s: None, show_table=False)
+    assert "torch" not in sys.modules, "torch was imported"
+    print("ROWS", [(r.backend, r.status, r.reason[:40], r.miou is not None, r.params) for r in rows])
+""")
+
+
+def test_bench_runs_without_torch(tiny, tmp_path):
+    bundle, _, _ = tiny
+    res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(bundle), str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("ROWS"))
+    rows = eval(line[5:])  # noqa: S307 - our own subprocess output
+    (ort, torch_row) = rows
+    assert ort[0] == "ort" and ort[1] == "ok" and ort[3] is True and ort[4] > 0  # mIoU and params without torch
+    assert torch_row[:2] == ("torch", "skipped") and "torch not installed" in torch_row[2]
+    assert (tmp_path / "bench.json").is_file() and (tmp_path / "bench.png").is_file()
+
+
+cuda = pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("torch") or not __import__("torch").cuda.is_available(),
+    reason="needs a CUDA GPU (torch fp16 / channels-last / CUDA-graph paths); this machine has none")
+
+
+@cuda
+def test_torch_cuda_fp16_channels_last_graph_agree(tiny):
+    from apd_edge.bench.torch_runner import TorchRunner
+    from apd_edge.runtime.manifest import load_manifest
+
+    bundle, ckpt, _ = tiny
+    manifest = load_manifest(bundle)
+    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ref = TorchRunner(ckpt, manifest, device="cuda").predict(img)
+    for kw in ({"precision": "fp16"}, {"channels_last": True}, {"cuda_graph": True},
+               {"precision": "fp16", "channels_last": True, "cuda_graph": True}):
+        got = TorchRunner(ckpt, manifest, device="cuda", **kw).predict(img)
+        assert (got == ref).mean() > 0.99, kw
+
+
+@cuda
+def test_bench_torch_cuda_rows(tiny, tmp_path):
+    from apd_edge.bench.run import run_bench
+
+    _, ckpt, _ = tiny
+    rows = run_bench([ckpt], backends=["torch"], precisions=["fp32", "fp16"], device="cuda", iters=10, warmup=3,
+                     cuda_graph=True, channels_last=True, out=tmp_path, echo=lambda s: None, show_table=False)
+    for r in rows:
+        assert r.status == "ok", r.reason
+        assert r.gpu_mem_mb and r.gpu_mem_mb > 0 and "CUDA events" in r.timing
+        assert 0 < r.compute_p50 <= r.compute_p90 <= r.compute_p99
+
+
+def test_onnx_and_torch_mac_counts_agree(tiny):
+    from apd_edge.bench.onnx_profile import onnx_profile
+    from apd_edge.bench.torch_runner import TorchRunner
+    from apd_edge.runtime.manifest import load_manifest
+
+    bundle, ckpt, _ = tiny
+    onnx = onnx_profile(bundle / "model.onnx")
+    runner = TorchRunner(ckpt, load_manifest(bundle))
+    assert onnx["macs"] == runner.count_macs() > 1e6
+    assert 0.98 * runner.params <= onnx["params"] <= runner.params  # BatchNorm folded into convs in ONNX
