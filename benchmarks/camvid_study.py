@@ -104,6 +104,33 @@ def cmd_run(args) -> None:
     (Path(args.runs) / "study_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
 
 
+def cmd_pack(args) -> None:
+    """Logs, summaries, metrics and recipes as one tarball, plus each architecture's best student as a
+    model-only checkpoint (optimizer, scheduler, RNG and distiller state dropped), for export elsewhere."""
+    import tarfile
+
+    import torch
+
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "study_runs.tar.gz", "w:gz") as tar:
+        for p in sorted(runs.rglob("*")):
+            if p.is_file() and p.suffix != ".pt":
+                tar.add(p, arcname=str(p.relative_to(runs)))
+    best: dict[str, tuple[float, Path]] = {}
+    for summ in runs.glob("study_*_s*/summary.json"):
+        s = json.loads(summ.read_text())
+        if s.get("final_miou") is not None and (s["model"] not in best or s["final_miou"] > best[s["model"]][0]):
+            best[s["model"]] = (s["final_miou"], summ.parent)
+    for model, (miou, run_dir) in best.items():
+        ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        for k in ("optimizer", "scheduler", "scaler", "rng", "distiller", "distiller_extra"):
+            ck.pop(k, None)
+        ck["study_run"] = run_dir.name
+        torch.save(ck, out / f"{model}.pt")
+        print(f"{model}: {run_dir.name} (val mIoU {100 * miou:.2f}) -> {out / (model + '.pt')}")
+
+
 def _summary(runs: Path, name: str) -> dict | None:
     p = runs / name / "summary.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -201,8 +228,11 @@ def main() -> None:
     rep.add_argument("--runs", default="runs")
     rep.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     rep.add_argument("--header", default=None, help="a markdown file whose text goes under the title")
+    pack = sub.add_parser("pack")
+    pack.add_argument("--runs", default="runs")
+    pack.add_argument("--out", required=True)
     args = ap.parse_args()
-    cmd_run(args) if args.what == "run" else cmd_report(args)
+    {"run": cmd_run, "report": cmd_report, "pack": cmd_pack}[args.what](args)
 
 
 if __name__ == "__main__":
