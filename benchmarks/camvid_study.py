@@ -87,21 +87,22 @@ def run_job(job: dict, args) -> dict:
 
 def cmd_run(args) -> None:
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    jobs = ([teacher_job(args)] if args.stage in ("teacher", "all") else [])
-    for j in jobs:
-        if run_job(j, args)["status"].startswith("failed"):
-            sys.exit(f"teacher failed; see {args.runs}/study_logs/{j['name']}.log")
-    if args.stage in ("students", "all"):
-        jobs = student_jobs(args)
-        with ThreadPoolExecutor(args.parallel) as pool:
-            done = list(pool.map(lambda j: run_job(j, args), jobs))
-        bad = [d["name"] for d in done if d["status"].startswith("failed")]
-        if bad:
-            sys.exit(f"{len(bad)} runs failed: {', '.join(bad)}")
     plan = {"teacher": teacher_job(args), "students": student_jobs(args),
             "commands": [user_command(j) for j in [teacher_job(args), *student_jobs(args)]],
             "settings": vars(args)}
     (Path(args.runs) / "study_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    if args.dry_run:
+        print("\n".join(plan["commands"]))
+        return
+    if args.stage in ("teacher", "all"):
+        if run_job(plan["teacher"], args)["status"].startswith("failed"):
+            sys.exit(f"teacher failed; see {args.runs}/study_logs/{plan['teacher']['name']}.log")
+    if args.stage in ("students", "all"):
+        with ThreadPoolExecutor(args.parallel) as pool:
+            done = list(pool.map(lambda j: run_job(j, args), plan["students"]))
+        bad = [d["name"] for d in done if d["status"].startswith("failed")]
+        if bad:
+            sys.exit(f"{len(bad)} runs failed: {', '.join(bad)}")
 
 
 def cmd_pack(args) -> None:
@@ -143,9 +144,11 @@ def cmd_report(args) -> None:
     plan = json.loads((runs / "study_plan.json").read_text())
     teacher = _summary(runs, "study_teacher")
     results: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    missing = []
     for job in plan["students"]:
         s = _summary(runs, job["name"])
         if s is None or s.get("final_miou") is None:
+            missing.append(job["name"])
             continue
         results.setdefault(job["model"], {}).setdefault(job["method"], []).append(
             (job["seed"], 100 * s["final_miou"], s["wall_time_s"]))
@@ -173,11 +176,15 @@ def cmd_report(args) -> None:
             lines.append(f"| {method} | " + " | ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in seeds)
                          + f" | **{mean:.2f}** | {max(xs) - min(xs):.2f} | {std:.2f} | {wall:.0f} s |")
         lines.append("")
+    if missing:
+        lines += [f"Not finished ({len(missing)} of {len(plan['students'])} student runs): "
+                  + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     lines += ["## Commands", "", "Each run, exactly (the report itself: "
               "`python benchmarks/camvid_study.py report`):", "", "```"] + plan["commands"] + ["```", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "camvid.md").write_text("\n".join(lines) + "\n")
-    (out / "camvid.json").write_text(json.dumps({"teacher": teacher, "students": table, "settings": st},
+    (out / "camvid.json").write_text(json.dumps({"teacher": teacher, "students": table, "missing": missing,
+                                                 "settings": st},
                                                 indent=2, default=str) + "\n")
     _plot(table, out / "camvid.png")
     print("\n".join(lines))
@@ -222,6 +229,7 @@ def main() -> None:
     run.add_argument("--parallel", type=int, default=1)
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--runs", default="runs")
+    run.add_argument("--dry-run", action="store_true", help="write study_plan.json and print the commands only")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="one more override for every run (smoke tests: train.crop=[64,64])")
     rep = sub.add_parser("report")
