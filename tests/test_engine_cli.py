@@ -96,10 +96,19 @@ def test_quickstart_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
             "train.ckpt_interval=2", "train.log_interval=1", "data.options.num_train=4", "data.options.num_val=2",
             "distill.apd.proj_dim=16"]
     monkeypatch.setattr(quickstart, "_fast_overrides", lambda recipe: tiny)
-    res = CliRunner().invoke(cli, ["quickstart", "--out", str(tmp_path / "qs"), "--fast", "--quiet"])
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--export-dir", str(tmp_path / "ex"), "--fast", "--quiet"]
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "teacher" in res.output and "student (apd)" in res.output and "pspnet_r18" in res.output
     assert (tmp_path / "qs" / "quickstart" / "best.pt").is_file()
-    again = CliRunner().invoke(cli, ["quickstart", "--out", str(tmp_path / "qs"), "--fast", "--quiet"])
+    # export and bench are part of the main job: three ONNX precisions, each benchmarked with a real mIoU
+    manifest = json.loads((tmp_path / "ex" / "quickstart" / "manifest.json").read_text())
+    assert {f["precision"] for f in manifest["files"] if f["format"] == "onnx"} == {"fp32", "fp16", "int8"}
+    bench = json.loads((tmp_path / "ex" / "quickstart" / "bench.json").read_text())["rows"]
+    assert [(r["precision"], r["status"]) for r in bench] == [("fp32", "ok"), ("fp16", "ok"), ("int8", "ok")]
+    assert all(0.0 <= r["miou"] <= 1.0 and r["compute_p50"] > 0 for r in bench)
+    assert all(r["eval_images"] == 2 for r in bench)  # the recipe's own val split (num_val=2), not the default
+    assert "int8" in res.output and "ONNX Runtime" in res.output
+    again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     assert (tmp_path / "qs" / "quickstart-2" / "summary.json").is_file()  # a repeat never overwrites

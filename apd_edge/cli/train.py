@@ -90,11 +90,13 @@ def eval_cmd(source: str, data: str | None, overrides: tuple[str, ...], split: s
 @click.command("quickstart")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the two runs.")
+@click.option("--export-dir", default="export", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the student's bundle.")
 @click.option("--fast", is_flag=True, help="Fewer iterations (a smoke test, not a result).")
 @quiet_option
-def quickstart(out: str, fast: bool, quiet: bool) -> None:
-    """Train a tiny teacher on synthetic data, distill a student with APD, evaluate both."""
-    from ..engine.quickstart import format_table, run_quickstart
+def quickstart(out: str, export_dir: str, fast: bool, quiet: bool) -> None:
+    """The whole pipeline on synthetic data: teacher, APD student, evaluation, export, benchmark."""
+    from ..pipeline import format_pipeline, run_pipeline
 
-    res = run_quickstart(out=out, fast=fast, progress=not quiet)
-    click.echo(format_table(res))
+    res = run_pipeline(out=out, export_dir=export_dir, fast=fast, progress=not quiet, echo=click.echo)
+    click.echo(format_pipeline(res))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +42,27 @@ class DemoStats:
     source: str = ""
 
 
+@contextmanager
+def _graceful_sigint():
+    """Within the block, a first Ctrl-C sets the returned event (the loop finishes its frame and stops);
+    a second one raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precision: str = "fp32",
              device: str = "cpu", alpha: float = 0.5, show: bool = False, save: str | Path | None = None,
              max_frames: int | None = None, fourcc: str | None = None, legend: bool = True, hud: bool = True,
@@ -68,35 +92,15 @@ def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precis
     stats = DemoStats(source=redact_url(str(src.name)))
     sink = VideoSink(save, fps=src.fps, fourcc=fourcc) if save is not None else None
     latencies: list[float] = []
-    fps_ema = 0.0
-    t_prev = time.perf_counter()
     echo(f"demo: {stats.source} -> {segmenter!r}" + (f", saving {save}" if save else ""))
+    fps_ema = 0.0
     try:
-        while max_frames is None or stats.frames < max_frames:
-            frame = src.read()
-            if frame is None:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            t0 = time.perf_counter()
-            labels = segmenter.predict(rgb)
-            lat = (time.perf_counter() - t0) * 1000.0
-            latencies.append(lat)
-            now = time.perf_counter()
-            inst = 1.0 / max(now - t_prev, 1e-6)
-            t_prev = now
-            fps_ema = inst if fps_ema == 0.0 else 0.9 * fps_ema + 0.1 * inst
-            text = hud_text(fps_ema, lat, src.dropped if src.live else None) if hud else None
-            out, _ = render(rgb, np.asarray(labels), segmenter.palette, alpha, segmenter.classes if legend else None,
-                            hud=text, legend=legend)
-            bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
-            if sink is not None:
-                sink.write(bgr)
-            stats.frames += 1
-            if show:
-                cv2.imshow(WINDOW, bgr)
-                if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS:
-                    break
-    except KeyboardInterrupt:
+        with _graceful_sigint() as stop:
+            fps_ema = _loop(src, segmenter, sink, stats, latencies, max_frames, alpha, legend, hud, show, stop)
+        if stop.is_set():
+            stats.interrupted = True
+            echo("demo: interrupted, finishing up")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread
         stats.interrupted = True
         echo("demo: interrupted, finishing up")
     finally:
@@ -110,9 +114,45 @@ def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precis
             except cv2.error:
                 pass
     stats.dropped = src.dropped
+    if sink is not None:
+        stats.frames = sink.frames  # what the file holds, even if an interrupt fell between write and count
     if latencies:
         stats.mean_latency_ms = float(np.mean(latencies))
         stats.fps = fps_ema
     echo(f"demo: {stats.frames} frames, {stats.dropped} dropped, mean latency {stats.mean_latency_ms:.1f} ms"
          + (f", wrote {save}" if stats.saved else ""))
     return stats
+
+
+def _loop(src: FrameSource, segmenter, sink, stats: DemoStats, latencies: list[float], max_frames: int | None,
+          alpha: float, legend: bool, hud: bool, show: bool, stop: threading.Event) -> float:
+    """Read, segment, draw, write/show until the source ends, ``max_frames``, a quit key or ``stop``.
+
+    Returns the smoothed FPS."""
+    fps_ema = 0.0
+    t_prev = time.perf_counter()
+    while (max_frames is None or stats.frames < max_frames) and not stop.is_set():
+        frame = src.read()
+        if frame is None:
+            break
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        t0 = time.perf_counter()
+        labels = segmenter.predict(rgb)
+        lat = (time.perf_counter() - t0) * 1000.0
+        latencies.append(lat)
+        now = time.perf_counter()
+        inst = 1.0 / max(now - t_prev, 1e-6)
+        t_prev = now
+        fps_ema = inst if fps_ema == 0.0 else 0.9 * fps_ema + 0.1 * inst
+        text = hud_text(fps_ema, lat, src.dropped if src.live else None) if hud else None
+        out, _ = render(rgb, np.asarray(labels), segmenter.palette, alpha, segmenter.classes if legend else None,
+                        hud=text, legend=legend)
+        bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
+        if sink is not None:
+            sink.write(bgr)
+        stats.frames += 1
+        if show:
+            cv2.imshow(WINDOW, bgr)
+            if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS:
+                break
+    return fps_ema

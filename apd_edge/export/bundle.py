@@ -221,7 +221,9 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
         "files": files,
         "source": {"checkpoint": str(ckpt_path), "sha256": sha256_file(ckpt_path),
-                   "dataset": recipe.data.dataset, "data_root": recipe.data.root},
+                   "dataset": recipe.data.dataset, "data_root": recipe.data.root,
+                   # options select the data itself (synthetic size and count, folder formats): bench needs them
+                   "data_options": dict(recipe.data.options), "val_split": recipe.data.val_split},
         "versions": _versions(opset), "opset": opset,
         "parity": {"source": parity_src, "fp32_min_agreement": FP32_MIN_AGREEMENT, "results": parity},
         "fp16": extra.get("fp16"), "quantization": extra.get("int8"),
