@@ -153,12 +153,13 @@ def write_summary(out: Path) -> Path:
         "contention; compare rows with each other, not with published numbers.",
         "",
         "CamVid images are 360x480; the bundles take a 384x480 input (the exporter's default: padded to a "
-        f"multiple of 32, labels cropped back). Latency: ms per image at batch 1, {s.get('iters')} timed calls after "
-        f"{s.get('warmup')} warm-up calls; `ms` = `infer` only, `e2e` = pad + normalise + infer + argmax + crop. "
-        f"mIoU on the first {s.get('max_images')} CamVid val images (void ignored). INT8 is ONNX Runtime's QDQ model "
-        f"(percentile calibration on {s.get('calib_images')} train images). PyTorch has no INT8 row (skipped, reason "
-        "shown). `RSS MB +grow/peak`: host RSS growth while loading and running the row, and the process's peak "
-        "RSS (the bench process; torch's libraries are loaded only for the torch row, which comes last). No GPU here: torch-CUDA rows (FP32, FP16, CUDA graph) are not measured.",
+        "multiple of 32, labels cropped back). Latency: ms per image at batch 1 after the warm-up calls; `ms` = "
+        "`infer` only, `e2e` = pad + normalise + infer + argmax + crop. mIoU on the first N CamVid val images "
+        "(void ignored); iterations, N and the INT8 calibration set differ per model and are in each command below. "
+        "INT8 is ONNX Runtime's QDQ model (percentile calibration on CamVid train images). PyTorch has no INT8 row "
+        "(skipped, reason shown). `RSS MB +grow/peak`: host RSS growth while loading and running the row, and the "
+        "process's peak RSS (torch's libraries are loaded only for the torch row, which comes last). No GPU here: "
+        "the torch-CUDA rows are in `students_cuda.md`.",
         "",
         "Commands (from the repo root), one per model:",
         "",
