@@ -102,14 +102,26 @@ def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+REASON_COL = 8  # where a skipped/failed row's reason starts (the latency column)
+
+
 def format_table(rows: Iterable[Row]) -> str:
-    """A plain-text table (monospace, aligned), used when rich is absent and in saved reports."""
+    """A plain-text table (monospace, aligned), used when rich is absent and in saved reports.
+
+    A row without measurements prints its reason from the latency column to the end of the line, so a
+    long reason does not widen the measured columns."""
+    rows = list(rows)
     header, body = table_rows(rows)
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    widths = []
+    for i, h in enumerate(header):
+        cells = [b[i] for r, b in zip(rows, body) if r.ok or i < REASON_COL]
+        widths.append(max([len(h), *map(len, cells)]))
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     out = [line, "  ".join("-" * w for w in widths)]
-    for b in body:
-        out.append("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip())
+    for r, b in zip(rows, body):
+        cells = b if r.ok else b[:REASON_COL + 1]
+        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() if r.ok else
+                   "  ".join([*(c.ljust(w) for c, w in zip(cells[:REASON_COL], widths)), cells[REASON_COL]]))
     return "\n".join(out)
 
 
