@@ -78,3 +78,13 @@ def test_parse_cuda_mem_get_info():
     assert parse_mem_get_info((0, 6 * 2**30, 8 * 2**30)) == 2048.0
     assert parse_mem_get_info((2, 0, 0)) is None  # cudaErrorMemoryAllocation etc.
     assert parse_mem_get_info(None) is None
+
+
+def test_long_reason_does_not_widen_measured_columns():
+    ok = Row(model="m", artifact="a", backend="ort", precision="fp32", compute_p50=1.0, compute_p90=2.0,
+             compute_p99=3.0, e2e_p50=1.5, e2e_p90=2.5, e2e_p99=3.5, fps_b1=100.0)
+    reason = "TensorRT not installed " + "x" * 150
+    skipped = Row(model="m", artifact="a", backend="trt", precision="fp32", status="skipped", reason=reason)
+    lines = format_table([ok, skipped]).splitlines()
+    assert lines[2].index("1.50/2.50/3.50") < 80  # e2e column right after a latency column of normal width
+    assert lines[3].endswith(reason) and lines[3].index(reason) == lines[0].index("ms p50/p90/p99")
