@@ -87,6 +87,12 @@ def run_job(job: dict, args) -> dict:
 
 def cmd_run(args) -> None:
     Path(args.runs).mkdir(parents=True, exist_ok=True)
+    if args.copy_data:
+        # a private copy on local disk: a lent machine's working tree can be re-synced under a running study
+        import shutil
+
+        shutil.copytree(args.camvid, args.copy_data, dirs_exist_ok=True)
+        args.camvid = str(Path(args.copy_data).resolve())
     plan = {"teacher": teacher_job(args), "students": student_jobs(args),
             "commands": [user_command(j) for j in [teacher_job(args), *student_jobs(args)]],
             "settings": vars(args)}
@@ -229,6 +235,8 @@ def main() -> None:
     run.add_argument("--parallel", type=int, default=1)
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--runs", default="runs")
+    run.add_argument("--copy-data", default=None, metavar="DIR",
+                     help="copy --camvid to DIR first and train from the copy")
     run.add_argument("--dry-run", action="store_true", help="write study_plan.json and print the commands only")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="one more override for every run (smoke tests: train.crop=[64,64])")
