@@ -87,11 +87,8 @@ def run_job(job: dict, args) -> dict:
 
 def cmd_run(args) -> None:
     Path(args.runs).mkdir(parents=True, exist_ok=True)
+    source = args.camvid
     if args.copy_data:
-        # a private copy on local disk: a lent machine's working tree can be re-synced under a running study
-        import shutil
-
-        shutil.copytree(args.camvid, args.copy_data, dirs_exist_ok=True)
         args.camvid = str(Path(args.copy_data).resolve())
     plan = {"teacher": teacher_job(args), "students": student_jobs(args),
             "commands": [user_command(j) for j in [teacher_job(args), *student_jobs(args)]],
@@ -100,6 +97,11 @@ def cmd_run(args) -> None:
     if args.dry_run:
         print("\n".join(plan["commands"]))
         return
+    if args.copy_data:
+        # a private copy on local disk: a lent machine's working tree can be re-synced under a running study
+        import shutil
+
+        shutil.copytree(source, args.camvid, dirs_exist_ok=True)
     if args.stage in ("teacher", "all"):
         if run_job(plan["teacher"], args)["status"].startswith("failed"):
             sys.exit(f"teacher failed; see {args.runs}/study_logs/{plan['teacher']['name']}.log")
