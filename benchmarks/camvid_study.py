@@ -35,7 +35,7 @@ def common_sets(args, iters: int) -> list[str]:
     warm = max(1, iters // 20)
     return [f"data.root={args.camvid}", f"data.workers={args.workers}", f"output_dir={args.runs}",
             f"train.iterations={iters}", f"train.warmup_iters={warm}", f"train.eval_interval={iters}",
-            f"train.ckpt_interval={min(iters, 500)}", f"train.log_interval=50", f"train.device={args.device}",
+            f"train.ckpt_interval={min(iters, 500)}", "train.log_interval=50", f"train.device={args.device}",
             f"train.channels_last={'true' if args.device.startswith('cuda') else 'false'}", "model.pretrained=false",
             *args.set]
 

@@ -145,7 +145,6 @@ def write_summary(out: Path) -> Path:
 
     results = [json.loads(p.read_text()) for p in sorted((out / "students_cpu").glob("*.json"))]
     rows = [row_from_dict(r) for res in results for r in res["rows"]]
-    s = results[0]["settings"] if results else {}
     text = [
         "# Students on CamVid 360x480, CPU (ONNX Runtime FP32 / INT8, PyTorch FP32)",
         "",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from ..errors import ApdError
 from .accuracy import EvalData, evaluate_predictor, resolve_eval_data
-from .machine import describe, machine_info
+from .machine import _run, describe, machine_info
 from .report import Row, print_table, write_all
 from .timing import HostMemory, summarize, time_calls
 
@@ -226,11 +225,10 @@ def _gpu_used_mb() -> float | None:
         return parse_mem_get_info(import_cudart().cudaMemGetInfo())
     except Exception:  # cuda-python missing or no device: fall back to nvidia-smi
         pass
+    out = _run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
     try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5)
-        return float(res.stdout.strip().splitlines()[0]) if res.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return float(out.strip().splitlines()[0]) if out else None
+    except (ValueError, IndexError):
         return None
 
 

@@ -45,6 +45,7 @@ class TorchRunner:
             torch.backends.cudnn.benchmark = True  # fixed input shape: let cuDNN pick its fastest kernels
         self.manifest = manifest
         model, ckpt = model_from_checkpoint(checkpoint)
+        self._spec = (ckpt["model_name"], int(ckpt["num_classes"]), dict(ckpt.get("model_kwargs") or {}))
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format)
@@ -110,32 +111,12 @@ class TorchRunner:
         return self.postprocess(self.infer(self.prepare(x)), meta)
 
     def count_macs(self) -> int:
-        """Multiply-accumulates of one forward pass at the manifest size (Conv, ConvTranspose, Linear),
-        counted with forward hooks on a CPU float32 copy; cheaper to import than torch's FLOP counter."""
-        import copy
+        """Multiply-accumulates of one forward pass at the manifest size: the model registry's profile,
+        counted on the meta device (no memory, no compute)."""
+        from ..models.profile import model_profile
 
-        from torch import nn
-
-        model = copy.deepcopy(self.model).to("cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
-        total = [0]
-
-        def hook(mod, inp, out):
-            if isinstance(mod, nn.Conv2d):
-                total[0] += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-            elif isinstance(mod, nn.ConvTranspose2d):
-                total[0] += inp[0].numel() * (mod.out_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-            elif isinstance(mod, nn.Linear):
-                total[0] += out.numel() * mod.in_features
-
-        handles = [m.register_forward_hook(hook) for m in model.modules()
-                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, *self.manifest["preprocess"]["size"]))
-        finally:
-            for h in handles:
-                h.remove()
-        return total[0]
+        name, num_classes, kwargs = self._spec
+        return int(model_profile(name, num_classes, tuple(self.manifest["preprocess"]["size"]), **kwargs)["macs"])
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     @property

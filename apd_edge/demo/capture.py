@@ -21,13 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..data.base import IMAGE_EXTS
 from ..errors import ApdError
 
 # FFmpeg's own log lines can quote a stream URL, credentials included: keep FFmpeg quiet (AV_LOG_QUIET)
 # unless the user asked otherwise. Read by OpenCV when its FFmpeg backend starts.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*@)")
 _SECRET_PARAM = re.compile(

@@ -11,21 +11,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..data.palette import colorize, palette_array
+
 Rect = tuple[int, int, int, int]
-
-
-def palette_array(palette: Sequence[Sequence[int]], size: int = 256) -> np.ndarray:
-    """A 256x3 uint8 colour table; labels beyond the palette (e.g. void 255) are black."""
-    lut = np.zeros((size, 3), np.uint8)
-    pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:size]
-    lut[: len(pal)] = np.clip(pal, 0, 255)
-    return lut
-
-
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
-    """HxW label map -> HxWx3 RGB colours."""
-    lut = palette if isinstance(palette, np.ndarray) and palette.shape == (256, 3) else palette_array(palette)
-    return lut[labels.astype(np.intp, copy=False)]
+__all__ = ["blend", "colorize", "draw_hud", "draw_legend", "hud_text", "palette_array", "render"]
 
 
 def blend(frame_rgb: np.ndarray, labels: np.ndarray, palette, alpha: float) -> np.ndarray:

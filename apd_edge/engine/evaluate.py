@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import IGNORE_INDEX, Recipe, apply_overrides, recipe_from_dict, recipe_to_dict
+from ..data.palette import colorize
 from ..errors import ApdError
 from .inference import predict_scores
 
@@ -81,14 +82,6 @@ def evaluate(model: nn.Module, loader, num_classes: int, flip: bool = False, sca
 # ------------------------------------------------------------------------------------------------
 # Visualisations
 # ------------------------------------------------------------------------------------------------
-
-
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """HxW label map -> HxWx3 uint8 RGB; void (and anything outside the palette) is black."""
-    lut = np.zeros((256, 3), np.uint8)
-    pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:255]
-    lut[: len(pal)] = pal
-    return lut[labels.astype(np.uint8)]
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
