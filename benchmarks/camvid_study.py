@@ -6,10 +6,14 @@ every student of one architecture (only ``distill.method`` and ``seed`` change).
 ``--parallel`` at a time (one small model leaves most of a GPU idle).
 
     python benchmarks/camvid_study.py run --camvid ../shared/data/camvid --device cuda --parallel 8
+    python benchmarks/camvid_study.py export            # best student per architecture: FP32 + INT8, bench
     python benchmarks/camvid_study.py report            # benchmarks/results/camvid.{md,json,png}
 
 ``--teacher-iters`` / ``--student-iters`` scale the schedules to the machine; the recipes' optimiser,
-learning rate, batch, crop and augmentation are kept (warm-up is scaled with the iteration count).
+learning rate and augmentation are kept (warm-up is scaled with the iteration count). On a CPU,
+``--copy-data DIR --downscale 0.5`` trains on a half-resolution copy, ``--teacher pspnet_r18 --teacher-set
+model.kwargs.output_stride=16`` picks a cheaper teacher, and ``--threads 1 --parallel 2`` fills two cores
+(the exact CPU invocation is in ``benchmarks/results/camvid.md``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def common_sets(args, iters: int) -> list[str]:
 def teacher_job(args) -> dict:
     name = "study_teacher"
     sets = common_sets(args, args.teacher_iters) + [f"name={name}"]
+    if args.teacher != "pspnet_r50":
+        sets.append(f"model.name={args.teacher}")
+    sets += args.teacher_set
     return {"name": name, "cmd": "train", "recipe": TEACHER_RECIPE, "sets": sets}
 
 
@@ -54,7 +61,7 @@ def student_jobs(args) -> list[dict]:
             for method in args.methods.split(","):
                 name = f"study_{model}_{method}_s{seed}"
                 sets = common_sets(args, args.student_iters) + [
-                    f"name={name}", f"seed={seed}", f"distill.method={method}", "teacher.name=pspnet_r50",
+                    f"name={name}", f"seed={seed}", f"distill.method={method}", f"teacher.name={args.teacher}",
                     f"teacher.checkpoint={teacher_ckpt}"]
                 jobs.append({"name": name, "cmd": "distill", "recipe": STUDENTS[model], "sets": sets,
                              "model": model, "method": method, "seed": seed})
@@ -77,12 +84,40 @@ def run_job(job: dict, args) -> dict:
         argv += ["--set", s]
     if (run_dir / "last.pt").is_file():
         argv.append("--resume")
+    env = dict(os.environ)
+    if args.threads:  # one pool size per run, so --parallel runs do not oversubscribe the cores
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     t0 = time.time()
     with open(log_dir / f"{job['name']}.log", "a") as log:
-        rc = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     status = "ok" if rc == 0 else f"failed (exit {rc}, see {log_dir / (job['name'] + '.log')})"
     print(f"[{time.strftime('%H:%M:%S')}] {job['name']}: {status} in {time.time() - t0:.0f} s", flush=True)
     return {**job, "status": status, "seconds": time.time() - t0}
+
+
+def scaled_copy(src: Path, dst: Path, factor: float) -> None:
+    """CamVid at a lower resolution, for CPU studies: images resized with area averaging, masks with nearest
+    neighbour (labels stay exact). Files already there are kept, so a resumed study does not redo them."""
+    import cv2
+
+    n = 0
+    for split in ("train", "val"):
+        for sub, interp in ((split, cv2.INTER_AREA), (f"{split}annot", cv2.INTER_NEAREST)):
+            (dst / sub).mkdir(parents=True, exist_ok=True)
+            for f in sorted((src / sub).iterdir()):
+                out = dst / sub / f.name
+                if out.is_file() or f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                    continue
+                img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+                if img is None:
+                    sys.exit(f"cannot read {f}")
+                h, w = img.shape[:2]
+                size = (round(w * factor), round(h * factor))
+                tmp = out.with_name(".tmp_" + out.name)
+                cv2.imwrite(str(tmp), cv2.resize(img, size, interpolation=interp))
+                tmp.replace(out)
+                n += 1
+    print(f"scaled copy x{factor} of {src} in {dst} ({n} files written)", flush=True)
 
 
 def cmd_run(args) -> None:
@@ -99,9 +134,12 @@ def cmd_run(args) -> None:
         return
     if args.copy_data:
         # a private copy on local disk: a lent machine's working tree can be re-synced under a running study
-        import shutil
+        if args.downscale != 1.0:
+            scaled_copy(Path(source), Path(args.camvid), args.downscale)
+        else:
+            import shutil
 
-        shutil.copytree(source, args.camvid, dirs_exist_ok=True)
+            shutil.copytree(source, args.camvid, dirs_exist_ok=True)
     if args.stage in ("teacher", "all"):
         if run_job(plan["teacher"], args)["status"].startswith("failed"):
             sys.exit(f"teacher failed; see {args.runs}/study_logs/{plan['teacher']['name']}.log")
@@ -126,18 +164,73 @@ def cmd_pack(args) -> None:
         for p in sorted(runs.rglob("*")):
             if p.is_file() and p.suffix != ".pt":
                 tar.add(p, arcname=str(p.relative_to(runs)))
-    best: dict[str, tuple[float, Path]] = {}
-    for summ in runs.glob("study_*_s*/summary.json"):
-        s = json.loads(summ.read_text())
-        if s.get("final_miou") is not None and (s["model"] not in best or s["final_miou"] > best[s["model"]][0]):
-            best[s["model"]] = (s["final_miou"], summ.parent)
-    for model, (miou, run_dir) in best.items():
+    for model, (miou, run_dir) in _best_runs(runs).items():
         ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
         for k in ("optimizer", "scheduler", "scaler", "rng", "distiller", "distiller_extra"):
             ck.pop(k, None)
         ck["study_run"] = run_dir.name
         torch.save(ck, out / f"{model}.pt")
         print(f"{model}: {run_dir.name} (val mIoU {100 * miou:.2f}) -> {out / (model + '.pt')}")
+
+
+def _best_runs(runs: Path) -> dict[str, tuple[float, Path]]:
+    """Each architecture's best student run (final val mIoU) among the study's runs."""
+    best: dict[str, tuple[float, Path]] = {}
+    for summ in sorted(runs.glob("study_*_s*/summary.json")):
+        s = json.loads(summ.read_text())
+        if s.get("final_miou") is not None and (s["model"] not in best or s["final_miou"] > best[s["model"]][0]):
+            best[s["model"]] = (s["final_miou"], summ.parent)
+    return best
+
+
+def cmd_export(args) -> None:
+    """Export each architecture's best student (FP32 + INT8 ONNX) and bench every artifact, through the CLI."""
+    runs = Path(args.runs)
+    plan = json.loads((runs / "study_plan.json").read_text())
+    root = plan["settings"]["camvid"]
+    done = []
+    for model, (miou, run_dir) in sorted(_best_runs(runs).items()):
+        bundle = Path(args.export_dir) / f"{run_dir.name}"
+        cmds = [["apd-edge", "export", str(run_dir), "--out", str(bundle), "--int8", "--calib-images",
+                 str(args.calib_images), "--data-root", root],
+                ["apd-edge", "bench", str(bundle), "--backends", "ort,torch", "--precisions", "fp32,int8",
+                 "--threads", str(args.threads), "--iters", str(args.iters), "--warmup", str(args.warmup),
+                 "--data", f"camvid:{root}"]]
+        t0 = time.time()
+        for c in cmds:
+            print("$ " + " ".join(shlex.quote(a) for a in c), flush=True)
+            argv = [sys.executable, "-m", "apd_edge.cli.main", *c[1:]]
+            if subprocess.run(argv, cwd=REPO).returncode != 0:
+                sys.exit(f"{model}: '{' '.join(c[:2])}' failed")
+        rows = json.loads((bundle / "bench.json").read_text())["rows"]
+        done.append({"model": model, "run": run_dir.name, "train_miou": 100 * miou, "bundle": str(bundle),
+                     "commands": [" ".join(shlex.quote(a) for a in c) for c in cmds],
+                     "seconds": round(time.time() - t0), "rows": rows})
+    (runs / "study_exports.json").write_text(json.dumps(done, indent=2) + "\n")
+    print(f"wrote {runs / 'study_exports.json'}")
+
+
+def _export_lines(runs: Path) -> list[str]:
+    p = runs / "study_exports.json"
+    if not p.is_file():
+        return ["## Exported artifacts", "", "Not exported yet (`python benchmarks/camvid_study.py export`).", ""]
+    exports = json.loads(p.read_text())
+    lines = ["## Exported artifacts (best run of each student)", "",
+             "Val mIoU of each artifact on the whole val split, and single-image latency (batch 1) on this "
+             "machine; e2e includes pre- and post-processing.", "",
+             "| student | run | artifact | size MB | val mIoU | compute p50 ms | e2e p50 ms | FPS | threads |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in exports:
+        for r in e["rows"]:
+            if r["status"] != "ok":
+                lines.append(f"| {e['model']} | `{e['run']}` | {r['backend']} {r['precision']} | - | - | - | - | - | "
+                             f"skipped: {r['reason']} |")
+                continue
+            lines.append(f"| {e['model']} | `{e['run']}` | {r['backend']} {r['precision']} {r['input_size']} | "
+                         f"{r['size_mb']:.2f} | {100 * r['miou']:.2f} | {r['compute_p50']:.1f} | {r['e2e_p50']:.1f} | "
+                         f"{r['fps_b1']:.1f} | {r['threads']} |")
+    lines += ["", "Commands:", "", "```"] + [c for e in exports for c in e["commands"]] + ["```", ""]
+    return lines
 
 
 def _summary(runs: Path, name: str) -> dict | None:
@@ -165,7 +258,8 @@ def cmd_report(args) -> None:
     extra = Path(args.header).read_text().strip() if args.header and Path(args.header).is_file() else ""
     if extra:
         lines += [extra, ""]
-    lines += [f"Teacher `pspnet_r50` (from scratch): val mIoU **{100 * teacher['final_miou']:.2f}**, "
+    tname = st.get("teacher", "pspnet_r50")
+    lines += [f"Teacher `{tname}` (from scratch): val mIoU **{100 * teacher['final_miou']:.2f}**, "
               f"{teacher['steps']} steps in {teacher['wall_time_s'] / 60:.1f} min." if teacher else "Teacher: missing.", ""]
     table = {}
     for model, by_method in results.items():
@@ -187,14 +281,15 @@ def cmd_report(args) -> None:
     if missing:
         lines += [f"Not finished ({len(missing)} of {len(plan['students'])} student runs): "
                   + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+    lines += _export_lines(runs)
     lines += ["## Commands", "", "Each run, exactly (the report itself: "
               "`python benchmarks/camvid_study.py report`):", "", "```"] + plan["commands"] + ["```", ""]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "camvid.md").write_text("\n".join(lines) + "\n")
-    (out / "camvid.json").write_text(json.dumps({"teacher": teacher, "students": table, "missing": missing,
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"teacher": teacher, "students": table, "missing": missing,
                                                  "settings": st},
                                                 indent=2, default=str) + "\n")
-    _plot(table, out / "camvid.png")
+    _plot(table, out / f"{args.name}.png")
     print("\n".join(lines))
 
 
@@ -232,6 +327,10 @@ def main() -> None:
     run.add_argument("--models", default=",".join(STUDENTS))
     run.add_argument("--methods", default=",".join(METHODS))
     run.add_argument("--seeds", default="0,1")
+    run.add_argument("--teacher", default="pspnet_r50", help="teacher model (trained on the teacher recipe)")
+    run.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                     help="one more override for the teacher run only (model.kwargs.output_stride=16)")
+    run.add_argument("--threads", type=int, default=0, help="OMP/MKL threads per run (CPU; 0: library default)")
     run.add_argument("--teacher-iters", type=int, default=4000)
     run.add_argument("--student-iters", type=int, default=1000)
     run.add_argument("--parallel", type=int, default=1)
@@ -239,18 +338,28 @@ def main() -> None:
     run.add_argument("--runs", default="runs")
     run.add_argument("--copy-data", default=None, metavar="DIR",
                      help="copy --camvid to DIR first and train from the copy")
+    run.add_argument("--downscale", type=float, default=1.0, metavar="F",
+                     help="with --copy-data: resize the copy by F (0.5: 360x480 -> 180x240), for CPU studies")
     run.add_argument("--dry-run", action="store_true", help="write study_plan.json and print the commands only")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="one more override for every run (smoke tests: train.crop=[64,64])")
     rep = sub.add_parser("report")
     rep.add_argument("--runs", default="runs")
     rep.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    rep.add_argument("--name", default="camvid", help="file stem of the .md/.json/.png written to --out")
     rep.add_argument("--header", default=None, help="a markdown file whose text goes under the title")
+    exp = sub.add_parser("export", help="export and bench each architecture's best student")
+    exp.add_argument("--runs", default="runs")
+    exp.add_argument("--export-dir", default=str(REPO / "export" / "camvid_study"))
+    exp.add_argument("--calib-images", type=int, default=64)
+    exp.add_argument("--threads", type=int, default=1)
+    exp.add_argument("--iters", type=int, default=30)
+    exp.add_argument("--warmup", type=int, default=5)
     pack = sub.add_parser("pack")
     pack.add_argument("--runs", default="runs")
     pack.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"run": cmd_run, "report": cmd_report, "pack": cmd_pack}[args.what](args)
+    {"run": cmd_run, "report": cmd_report, "pack": cmd_pack, "export": cmd_export}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,22 @@ def test_teacher_sizes_on_meta() -> None:
     assert psp50.feat_channels == 512 and psp50.backbone.feature_info.channels() == [1024, 2048]
 
 
+@pytest.mark.parametrize("name", FAST_TEACHERS)
+def test_teacher_output_stride_16(name: str) -> None:
+    """OS16 halves the feature map, keeps full-size logits and the same weights (only dilation changes)."""
+    torch.manual_seed(0)
+    os8 = build_model(name, C).eval()
+    os16 = build_model(name, C, output_stride=16).eval()
+    assert os16.feat_stride == 16 and os8.feat_stride == 8
+    assert set(os16.state_dict()) == set(os8.state_dict())
+    x = torch.randn(2, 3, 64, 96)  # batch 2: training-mode BN on the 1x1 pooled branch needs > 1 value
+    out = os16.train()(x)
+    assert out["out"].shape[-2:] == (64, 96) and out["feat"].shape[-2:] == (4, 6)
+    assert os8.train()(x)["feat"].shape[-2:] == (8, 12)
+    with pytest.raises(ApdError, match="output_stride must be 8 or 16"):
+        build_model(name, C, output_stride=32)
+
+
 def test_r50_teacher_constructs() -> None:
     model = build_model("deeplabv3_r50", 19)
     assert model.feat_channels == 256 and model.default_aux_weights == [0.4]

@@ -1,5 +1,8 @@
 """Teachers: PSPNet and DeepLabV3 on timm's deep-stem ResNet-D at output stride 8 (as in the APD release).
 
+``output_stride=16`` (``model.kwargs`` / ``teacher.kwargs``) dilates only layer4: about 3x less compute
+for a ResNet-18-D at a small cost in accuracy, for teachers trained or run where compute is short (CPU).
+
 ``feat`` is the 512-ch PSP bottleneck / the 256-ch DeepLabV3 map before the classifier; an auxiliary FCN
 head on layer3 (weight 0.4) trains with them. PSP pooling uses adaptive average pooling (bins 1, 2, 3, 6),
 fine for training; the exporter refuses teachers rather than emit a size-bound graph.
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ApdError
 from .base import SegModel
 from .common import ConvBNAct, FCNHead, resize, timm_backbone
 from .mobilenetv2 import ASPP
@@ -42,9 +46,13 @@ class _ResNetSeg(SegModel):
     default_aux_weights = [0.4]
     aux_prefixes = ("aux_head",)
 
-    def __init__(self, arch: str, num_classes: int, pretrained: bool, dropout: float = 0.1) -> None:
+    def __init__(self, arch: str, num_classes: int, pretrained: bool, dropout: float = 0.1,
+                 output_stride: int = 8) -> None:
         super().__init__()
-        self.backbone = timm_backbone(arch, pretrained, output_stride=8, out_indices=(3, 4))
+        if output_stride not in (8, 16):
+            raise ApdError(f"teacher output_stride must be 8 or 16, got {output_stride}")
+        self.feat_stride = output_stride
+        self.backbone = timm_backbone(arch, pretrained, output_stride=output_stride, out_indices=(3, 4))
         self.c3, self.c4 = self.backbone.feature_info.channels()
         self.aux_head = FCNHead(self.c3, 256, num_classes, dropout)
         self.dropout: nn.Module = nn.Identity()  # subclasses: dropout between ``feat`` and the classifier
@@ -63,8 +71,9 @@ class _ResNetSeg(SegModel):
 class PSPNet(_ResNetSeg):
     feat_channels = 512
 
-    def __init__(self, arch: str, num_classes: int, pretrained: bool = False, dropout: float = 0.1) -> None:
-        super().__init__(arch, num_classes, pretrained, dropout)
+    def __init__(self, arch: str, num_classes: int, pretrained: bool = False, dropout: float = 0.1,
+                 output_stride: int = 8) -> None:
+        super().__init__(arch, num_classes, pretrained, dropout, output_stride)
         self.ppm = PyramidPooling(self.c4)
         self.bottleneck = ConvBNAct(2 * self.c4, 512, 3)
         self.dropout = nn.Dropout2d(dropout)
@@ -77,9 +86,11 @@ class PSPNet(_ResNetSeg):
 class DeepLabV3(_ResNetSeg):
     feat_channels = 256
 
-    def __init__(self, arch: str, num_classes: int, pretrained: bool = False, dropout: float = 0.1) -> None:
-        super().__init__(arch, num_classes, pretrained, dropout)
-        self.aspp = ASPP(self.c4, 256, (12, 24, 36))
+    def __init__(self, arch: str, num_classes: int, pretrained: bool = False, dropout: float = 0.1,
+                 output_stride: int = 8) -> None:
+        super().__init__(arch, num_classes, pretrained, dropout, output_stride)
+        # atrous rates scale with the stride (DeepLabV3: 12/24/36 at stride 8, 6/12/18 at 16)
+        self.aspp = ASPP(self.c4, 256, tuple(r * 8 // output_stride for r in (12, 24, 36)))
         self.bottleneck = ConvBNAct(256, 256, 3)
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
@@ -94,7 +105,7 @@ def _register(kind: str, cls: type[_ResNetSeg], depth: str) -> None:
     def factory(num_classes: int, pretrained: bool = False, **kwargs: Any) -> SegModel:
         return cls(arch, num_classes, pretrained=pretrained, **kwargs)
 
-    factory.__doc__ = f"{cls.__name__} on timm {arch} (output stride 8)."
+    factory.__doc__ = f"{cls.__name__} on timm {arch} (output stride 8; output_stride=16 for a cheaper one)."
 
 
 for _depth in DEPTHS:

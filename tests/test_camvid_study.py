@@ -1,0 +1,75 @@
+"""benchmarks/camvid_study.py: its plan is valid recipes, its scaled copy keeps labels exact, it picks the best run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from apd_edge.config import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("camvid_study", REPO / "benchmarks" / "camvid_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dry_run_plan_is_valid_recipes(study, tmp_path, monkeypatch) -> None:
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", [
+        "camvid_study.py", "run", "--camvid", str(tmp_path / "camvid"), "--device", "cpu", "--teacher", "pspnet_r18",
+        "--teacher-set", "model.kwargs.output_stride=16", "--student-iters", "40", "--seeds", "0,1",
+        "--runs", str(runs), "--set", "train.crop=[160,224]", "--dry-run"])
+    study.main()
+    plan = json.loads((runs / "study_plan.json").read_text())
+    assert len(plan["students"]) == 3 * 4 * 2 and len(plan["commands"]) == 25
+    teacher = load_recipe(REPO / plan["teacher"]["recipe"], plan["teacher"]["sets"])
+    assert teacher.model.name == "pspnet_r18" and teacher.model.kwargs == {"output_stride": 16}
+    for job in plan["students"]:
+        r = load_recipe(REPO / job["recipe"], job["sets"])
+        assert (r.distill.method, r.seed, r.model.name) == (job["method"], job["seed"], job["model"])
+        assert r.teacher.name == "pspnet_r18" and r.train.iterations == 40 and r.train.crop == [160, 224]
+        assert r.train.warmup_iters == 2 and r.model.pretrained is False
+    # one schedule per architecture: only the method and the seed differ between its runs
+    by_model: dict[str, set] = {}
+    for job in plan["students"]:
+        rest = [s for s in job["sets"] if not s.startswith(("name=", "seed=", "distill.method="))]
+        by_model.setdefault(job["model"], set()).add(tuple(rest))
+    assert all(len(v) == 1 for v in by_model.values())
+
+
+def test_scaled_copy_keeps_labels_exact(study, tmp_path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (src / split).mkdir(parents=True)
+        (src / f"{split}annot").mkdir()
+        cv2.imwrite(str(src / split / "a.png"), rng.integers(0, 255, (36, 48, 3), dtype=np.uint8))
+        cv2.imwrite(str(src / f"{split}annot" / "a.png"), rng.choice([0, 3, 11], size=(36, 48)).astype(np.uint8))
+    (src / "train.txt").write_text("train/a.png trainannot/a.png\n")
+    study.scaled_copy(src, dst, 0.5)
+    img = cv2.imread(str(dst / "val" / "a.png"))
+    mask = cv2.imread(str(dst / "valannot" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (18, 24, 3) and mask.shape == (18, 24) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 3, 11}  # nearest neighbour: no blended label values
+    assert not (dst / "train.txt").exists()  # full-size pair lists would point at nothing useful
+
+
+def test_best_runs_picks_highest_final_miou(study, tmp_path) -> None:
+    for name, model, miou in [("study_espnet_kd_s0", "espnet", 0.3), ("study_espnet_apd_s1", "espnet", 0.35),
+                              ("study_bisenetv2_none_s0", "bisenetv2", 0.2), ("study_bisenetv2_kd_s0", "bisenetv2", None)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"model": model, "final_miou": miou}))
+    best = study._best_runs(tmp_path)
+    assert {m: p.name for m, (_, p) in best.items()} == {"espnet": "study_espnet_apd_s1",
+                                                         "bisenetv2": "study_bisenetv2_none_s0"}
