@@ -210,6 +210,46 @@ def cmd_export(args) -> None:
     print(f"wrote {runs / 'study_exports.json'}")
 
 
+def verdict(table: dict) -> dict[str, dict[str, dict]]:
+    """APD's mean minus each baseline's mean, against the seed spread (max - min) of the two methods compared.
+
+    A difference counts as larger than the seed noise only when it exceeds both methods' spreads (with 2 seeds
+    the spread is the only honest noise estimate; no significance test is claimed)."""
+    out: dict[str, dict[str, dict]] = {}
+    for model, by_method in table.items():
+        if "apd" not in by_method:
+            continue
+        apd = by_method["apd"]
+        for base in ("none", "kd", "cwd"):
+            if base in by_method:
+                b = by_method[base]
+                diff = apd["mean"] - b["mean"]
+                noise = max(apd["spread"], b["spread"])
+                out.setdefault(model, {})[base] = {"diff": diff, "noise": noise, "beyond_noise": abs(diff) > noise}
+    return out
+
+
+def _verdict_lines(table: dict) -> list[str]:
+    v = verdict(table)
+    if not v:
+        return []
+    lines = ["## APD against each baseline", "",
+             "Difference of means (APD minus baseline, mIoU points) and the larger seed spread of the two methods. "
+             "A difference is called real here only when it is larger than that spread.", "",
+             "| student | vs none | vs kd | vs cwd |", "|---|---|---|---|"]
+    for model, bases in v.items():
+        cells = []
+        for base in ("none", "kd", "cwd"):
+            if base not in bases:
+                cells.append("-")
+                continue
+            d = bases[base]
+            tag = "beyond spread" if d["beyond_noise"] else "within spread"
+            cells.append(f"{d['diff']:+.2f} (spread {d['noise']:.2f}, {tag})")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _export_lines(runs: Path) -> list[str]:
     p = runs / "study_exports.json"
     if not p.is_file():
@@ -278,6 +318,7 @@ def cmd_report(args) -> None:
             lines.append(f"| {method} | " + " | ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in seeds)
                          + f" | **{mean:.2f}** | {max(xs) - min(xs):.2f} | {std:.2f} | {wall:.0f} s |")
         lines.append("")
+    lines += _verdict_lines(table)
     if missing:
         lines += [f"Not finished ({len(missing)} of {len(plan['students'])} student runs): "
                   + ", ".join(f"`{m}`" for m in missing) + ".", ""]
@@ -287,6 +328,7 @@ def cmd_report(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{args.name}.json").write_text(json.dumps({"teacher": teacher, "students": table, "missing": missing,
+                                                       "apd_vs_baselines": verdict(table),
                                                  "settings": st},
                                                 indent=2, default=str) + "\n")
     _plot(table, out / f"{args.name}.png")

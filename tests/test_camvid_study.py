@@ -73,3 +73,13 @@ def test_best_runs_picks_highest_final_miou(study, tmp_path) -> None:
     best = study._best_runs(tmp_path)
     assert {m: p.name for m, (_, p) in best.items()} == {"espnet": "study_espnet_apd_s1",
                                                          "bisenetv2": "study_bisenetv2_none_s0"}
+
+
+def test_verdict_compares_difference_with_seed_spread(study) -> None:
+    table = {"espnet": {"none": {"mean": 30.0, "spread": 1.0}, "kd": {"mean": 31.5, "spread": 3.0},
+                        "apd": {"mean": 33.0, "spread": 0.5}},
+             "bisenetv2": {"none": {"mean": 40.0, "spread": 1.0}}}
+    v = study.verdict(table)
+    assert set(v) == {"espnet"} and set(v["espnet"]) == {"none", "kd"}
+    assert v["espnet"]["none"] == {"diff": 3.0, "noise": 1.0, "beyond_noise": True}
+    assert v["espnet"]["kd"]["diff"] == pytest.approx(1.5) and v["espnet"]["kd"]["beyond_noise"] is False
