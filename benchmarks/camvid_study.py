@@ -273,6 +273,29 @@ def _export_lines(runs: Path) -> list[str]:
     return lines
 
 
+def _save_recipes(runs: Path, plan: dict, dest: Path) -> None:
+    """The resolved recipes the study ran (as each run folder saved them): the teacher's, and one per student
+    architecture, with the machine-specific data root and run name blanked. The runs of one architecture
+    differ only in ``distill.method`` and ``seed``."""
+    import yaml
+
+    picks = {"teacher": plan["teacher"]["name"]}
+    for job in plan["students"]:
+        picks.setdefault(job["model"], job["name"])
+    for label, name in picks.items():
+        src = runs / name / "recipe.yaml"
+        if not src.is_file():
+            continue
+        rec = yaml.safe_load(src.read_text())
+        rec["data"]["root"] = "/path/to/camvid"
+        rec["name"] = label if label == "teacher" else f"{label}_<method>_s<seed>"
+        dest.mkdir(parents=True, exist_ok=True)
+        head = f"# Resolved recipe of the CamVid study's {label} run{'s' if label != 'teacher' else ''}" + (
+            "; the runs differ only in distill.method and seed\n" if label != "teacher" else "\n") + (
+            f"# data: CamVid scaled by {plan['settings'].get('downscale', 1.0)} (camvid_study.py --downscale)\n")
+        (dest / f"{label}.yaml").write_text(head + yaml.safe_dump(rec, sort_keys=False))
+
+
 def _summary(runs: Path, name: str) -> dict | None:
     p = runs / name / "summary.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -332,6 +355,7 @@ def cmd_report(args) -> None:
                                                  "settings": st},
                                                 indent=2, default=str) + "\n")
     _plot(table, out / f"{args.name}.png")
+    _save_recipes(runs, plan, out / f"{args.name}_recipes")
     print("\n".join(lines))
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from apd_edge.config import load_recipe
+from apd_edge.config import load_recipe, save_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,13 +24,18 @@ def study():
     return mod
 
 
-def test_dry_run_plan_is_valid_recipes(study, tmp_path, monkeypatch) -> None:
+def _dry_run(study, tmp_path, monkeypatch) -> Path:
     runs = tmp_path / "runs"
     monkeypatch.setattr(sys, "argv", [
         "camvid_study.py", "run", "--camvid", str(tmp_path / "camvid"), "--device", "cpu", "--teacher", "pspnet_r18",
         "--teacher-set", "model.kwargs.output_stride=16", "--student-iters", "40", "--seeds", "0,1",
         "--runs", str(runs), "--set", "train.crop=[160,224]", "--dry-run"])
     study.main()
+    return runs
+
+
+def test_dry_run_plan_is_valid_recipes(study, tmp_path, monkeypatch) -> None:
+    runs = _dry_run(study, tmp_path, monkeypatch)
     plan = json.loads((runs / "study_plan.json").read_text())
     assert len(plan["students"]) == 3 * 4 * 2 and len(plan["commands"]) == 25
     teacher = load_recipe(REPO / plan["teacher"]["recipe"], plan["teacher"]["sets"])
@@ -83,3 +88,28 @@ def test_verdict_compares_difference_with_seed_spread(study) -> None:
     assert set(v) == {"espnet"} and set(v["espnet"]) == {"none", "kd"}
     assert v["espnet"]["none"] == {"diff": 3.0, "noise": 1.0, "beyond_noise": True}
     assert v["espnet"]["kd"]["diff"] == pytest.approx(1.5) and v["espnet"]["kd"]["beyond_noise"] is False
+
+
+def test_report_tables_verdict_and_recipes(study, tmp_path, monkeypatch) -> None:
+    runs = _dry_run(study, tmp_path, monkeypatch)
+    plan = json.loads((runs / "study_plan.json").read_text())
+    score = {"none": 0.30, "kd": 0.31, "cwd": 0.29, "apd": 0.34}
+    for job in [plan["teacher"], *plan["students"]]:
+        d = runs / job["name"]
+        d.mkdir()
+        save_recipe(load_recipe(REPO / job["recipe"], job["sets"]), d / "recipe.yaml")
+        miou = 0.5 if job is plan["teacher"] else score[job["method"]] + 0.01 * job["seed"]
+        (d / "summary.json").write_text(json.dumps({"model": job.get("model", "pspnet_r18"), "final_miou": miou,
+                                                    "wall_time_s": 60.0, "steps": 40}))
+    out = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["camvid_study.py", "report", "--runs", str(runs), "--out", str(out)])
+    study.main()
+    md = (out / "camvid.md").read_text()
+    assert "Teacher `pspnet_r18` (from scratch): val mIoU **50.00**" in md
+    assert "| apd | 34.00 | 35.00 | **34.50** | 1.00 |" in md
+    assert "| espnet | +4.00 (spread 1.00, beyond spread) | +3.00 (spread 1.00, beyond spread) |" in md
+    data = json.loads((out / "camvid.json").read_text())
+    assert data["students"]["mobilenetv2"]["kd"]["mean"] == pytest.approx(31.5) and not data["missing"]
+    assert (out / "camvid.png").stat().st_size > 10_000
+    saved = load_recipe(out / "camvid_recipes" / "bisenetv2.yaml")  # committed recipes load back as recipes
+    assert saved.teacher.name == "pspnet_r18" and saved.data.root == "/path/to/camvid"
