@@ -162,3 +162,19 @@ def test_registry_teacher_errors(tiny_registry_teacher, tmp_path):
         build_teacher(teacher_recipe(name=tiny_registry_teacher, checkpoint=str(plain)), 3)
     with pytest.warns(UserWarning, match="random weights"):
         build_teacher(teacher_recipe(name=tiny_registry_teacher), 3)
+
+
+def test_teacher_output_stride_comes_from_its_checkpoint(tmp_path):
+    """OS8 and OS16 weights have the same keys, so only the checkpoint's model_kwargs can tell them apart."""
+    from apd_edge.models import build_model
+
+    torch.manual_seed(0)
+    src = build_model("pspnet_r18", 3, output_stride=16).eval()
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model_name": "pspnet_r18", "model_kwargs": {"output_stride": 16}, "num_classes": 3,
+                     "model": src.state_dict()}, path)
+    t = build_teacher(teacher_recipe(checkpoint=str(path)), 3)
+    assert t.feat_stride == 16
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(t(x), src(x), atol=1e-5)
