@@ -225,7 +225,10 @@ def verdict(table: dict) -> dict[str, dict[str, dict]]:
                 b = by_method[base]
                 diff = apd["mean"] - b["mean"]
                 noise = max(apd["spread"], b["spread"])
-                out.setdefault(model, {})[base] = {"diff": diff, "noise": noise, "beyond_noise": abs(diff) > noise}
+                # one seed has no spread: no verdict rather than a spread of 0
+                seeded = min(len(apd.get("seeds", {})), len(b.get("seeds", {}))) >= 2
+                out.setdefault(model, {})[base] = {"diff": diff, "noise": noise,
+                                                   "beyond_noise": abs(diff) > noise if seeded else None}
     return out
 
 
@@ -244,6 +247,9 @@ def _verdict_lines(table: dict) -> list[str]:
                 cells.append("-")
                 continue
             d = bases[base]
+            if d["beyond_noise"] is None:
+                cells.append(f"{d['diff']:+.2f} (one seed: no spread yet)")
+                continue
             tag = "beyond spread" if d["beyond_noise"] else "within spread"
             cells.append(f"{d['diff']:+.2f} (spread {d['noise']:.2f}, {tag})")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")

@@ -81,11 +81,15 @@ def test_best_runs_picks_highest_final_miou(study, tmp_path) -> None:
 
 
 def test_verdict_compares_difference_with_seed_spread(study) -> None:
-    table = {"espnet": {"none": {"mean": 30.0, "spread": 1.0}, "kd": {"mean": 31.5, "spread": 3.0},
-                        "apd": {"mean": 33.0, "spread": 0.5}},
-             "bisenetv2": {"none": {"mean": 40.0, "spread": 1.0}}}
+    two = {0: 0.0, 1: 0.0}
+    table = {"espnet": {"none": {"mean": 30.0, "spread": 1.0, "seeds": two},
+                        "kd": {"mean": 31.5, "spread": 3.0, "seeds": two},
+                        "cwd": {"mean": 29.0, "spread": 0.0, "seeds": {0: 29.0}},
+                        "apd": {"mean": 33.0, "spread": 0.5, "seeds": two}},
+             "bisenetv2": {"none": {"mean": 40.0, "spread": 1.0, "seeds": two}}}
     v = study.verdict(table)
-    assert set(v) == {"espnet"} and set(v["espnet"]) == {"none", "kd"}
+    assert set(v) == {"espnet"} and set(v["espnet"]) == {"none", "kd", "cwd"}
+    assert v["espnet"]["cwd"]["beyond_noise"] is None  # one seed: no spread to compare with
     assert v["espnet"]["none"] == {"diff": 3.0, "noise": 1.0, "beyond_noise": True}
     assert v["espnet"]["kd"]["diff"] == pytest.approx(1.5) and v["espnet"]["kd"]["beyond_noise"] is False
 
