@@ -184,30 +184,42 @@ def _best_runs(runs: Path) -> dict[str, tuple[float, Path]]:
 
 
 def cmd_export(args) -> None:
-    """Export each architecture's best student (FP32 + INT8 ONNX) and bench every artifact, through the CLI."""
+    """Export each architecture's best student (FP32 + INT8 ONNX) and bench every artifact, through the CLI.
+
+    ``--stage export`` / ``--stage bench`` split the two, so exports can overlap training while latency is
+    measured on an otherwise idle machine."""
     runs = Path(args.runs)
     plan = json.loads((runs / "study_plan.json").read_text())
     root = plan["settings"]["camvid"]
-    done = []
+    wanted = set(args.models.split(",")) if args.models else None
+    exports_path = runs / "study_exports.json"
+    done = [e for e in (json.loads(exports_path.read_text()) if exports_path.is_file() else [])
+            if wanted is not None and e["model"] not in wanted]  # keep other models' earlier entries
     for model, (miou, run_dir) in sorted(_best_runs(runs).items()):
+        if wanted is not None and model not in wanted:
+            continue
         bundle = Path(args.export_dir) / f"{run_dir.name}"
-        cmds = [["apd-edge", "export", str(run_dir), "--out", str(bundle), "--int8", "--calib-images",
-                 str(args.calib_images), "--data-root", root],
-                ["apd-edge", "bench", str(bundle), "--backends", "ort,torch", "--precisions", "fp32,int8",
-                 "--threads", str(args.threads), "--iters", str(args.iters), "--warmup", str(args.warmup),
-                 "--data", f"camvid:{root}"]]
+        cmds = {"export": ["apd-edge", "export", str(run_dir), "--out", str(bundle), "--int8", "--parity-images",
+                           str(args.parity_images), "--calib-images", str(args.calib_images), "--data-root", root],
+                "bench": ["apd-edge", "bench", str(bundle), "--backends", "ort,torch", "--precisions", "fp32,int8",
+                          "--threads", str(args.threads), "--iters", str(args.iters), "--warmup", str(args.warmup),
+                          "--data", f"camvid:{root}"]}
         t0 = time.time()
-        for c in cmds:
+        for stage, c in cmds.items():
+            if args.stage not in (stage, "all"):
+                continue
             print("$ " + " ".join(shlex.quote(a) for a in c), flush=True)
             argv = [sys.executable, "-m", "apd_edge.cli.main", *c[1:]]
             if subprocess.run(argv, cwd=REPO).returncode != 0:
                 sys.exit(f"{model}: '{' '.join(c[:2])}' failed")
-        rows = json.loads((bundle / "bench.json").read_text())["rows"]
+        bench = bundle / "bench.json"
+        rows = json.loads(bench.read_text())["rows"] if bench.is_file() else []
         done.append({"model": model, "run": run_dir.name, "train_miou": 100 * miou, "bundle": str(bundle),
-                     "commands": [" ".join(shlex.quote(a) for a in c) for c in cmds],
+                     "commands": [" ".join(shlex.quote(a) for a in c) for c in cmds.values()],
                      "seconds": round(time.time() - t0), "rows": rows})
-    (runs / "study_exports.json").write_text(json.dumps(done, indent=2) + "\n")
-    print(f"wrote {runs / 'study_exports.json'}")
+    done.sort(key=lambda e: e["model"])
+    exports_path.write_text(json.dumps(done, indent=2) + "\n")
+    print(f"wrote {exports_path}")
 
 
 def verdict(table: dict) -> dict[str, dict[str, dict]]:
@@ -423,7 +435,11 @@ def main() -> None:
     exp = sub.add_parser("export", help="export and bench each architecture's best student")
     exp.add_argument("--runs", default="runs")
     exp.add_argument("--export-dir", default=str(REPO / "export" / "camvid_study"))
+    exp.add_argument("--stage", choices=["export", "bench", "all"], default="all")
+    exp.add_argument("--models", default="", help="comma list (default: every architecture with a finished run)")
     exp.add_argument("--calib-images", type=int, default=64)
+    exp.add_argument("--parity-images", type=int, default=16,
+                     help="export's own ONNX-vs-PyTorch check; bench scores every artifact on all of val anyway")
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--iters", type=int, default=30)
     exp.add_argument("--warmup", type=int, default=5)
