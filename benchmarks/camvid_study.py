@@ -100,14 +100,16 @@ def scaled_copy(src: Path, dst: Path, factor: float) -> None:
     neighbour (labels stay exact). Files already there are kept, so a resumed study does not redo them."""
     import cv2
 
+    from apd_edge.data.base import IMAGE_EXTS, list_files
+
     n = 0
     for split in ("train", "val"):
         for sub, interp in ((split, cv2.INTER_AREA), (f"{split}annot", cv2.INTER_NEAREST)):
-            (dst / sub).mkdir(parents=True, exist_ok=True)
-            for f in sorted((src / sub).iterdir()):
-                out = dst / sub / f.name
-                if out.is_file() or f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            for f in list_files(src / sub, IMAGE_EXTS):
+                out = dst / sub / f.relative_to(src / sub)
+                if out.is_file():
                     continue
+                out.parent.mkdir(parents=True, exist_ok=True)
                 img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
                 if img is None:
                     sys.exit(f"cannot read {f}")
@@ -125,9 +127,9 @@ def cmd_run(args) -> None:
     source = args.camvid
     if args.copy_data:
         args.camvid = str(Path(args.copy_data).resolve())
-    plan = {"teacher": teacher_job(args), "students": student_jobs(args),
-            "commands": [user_command(j) for j in [teacher_job(args), *student_jobs(args)]],
-            "settings": vars(args)}
+    teacher, students = teacher_job(args), student_jobs(args)
+    plan = {"teacher": teacher, "students": students,
+            "commands": [user_command(j) for j in [teacher, *students]], "settings": vars(args)}
     (Path(args.runs) / "study_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     if args.dry_run:
         print("\n".join(plan["commands"]))
@@ -156,7 +158,7 @@ def cmd_pack(args) -> None:
     model-only checkpoint (optimizer, scheduler, RNG and distiller state dropped), for export elsewhere."""
     import tarfile
 
-    import torch
+    from apd_edge.engine.checkpoint import load_checkpoint, save_checkpoint
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,11 +167,11 @@ def cmd_pack(args) -> None:
             if p.is_file() and p.suffix != ".pt":
                 tar.add(p, arcname=str(p.relative_to(runs)))
     for model, (miou, run_dir) in _best_runs(runs).items():
-        ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        ck = load_checkpoint(run_dir / "last.pt")
         for k in ("optimizer", "scheduler", "scaler", "rng", "distiller", "distiller_extra"):
             ck.pop(k, None)
         ck["study_run"] = run_dir.name
-        torch.save(ck, out / f"{model}.pt")
+        save_checkpoint(ck, out / f"{model}.pt")
         print(f"{model}: {run_dir.name} (val mIoU {100 * miou:.2f}) -> {out / (model + '.pt')}")
 
 
