@@ -168,7 +168,10 @@ class ExportConfig:
     fp16: bool = True
     int8: bool = True
     calib_images: int = field(default=128, metadata=_rng(1, None))
-    calib_method: Literal["entropy", "minmax", "percentile"] = "percentile"
+    calib_method: Literal["auto", "entropy", "minmax", "percentile", "mse"] = "auto"
+    int8_target: Optional[float] = field(default=0.5, metadata=_rng(0.0, None))  # max mIoU drop; None = plain INT8
+    int8_sensitivity: bool = True
+    int8_max_float: float = field(default=0.25, metadata=_rng(0.0, 1.0))
     trt: bool = False
     workspace_gb: float = field(default=4.0, metadata=_rng(0.0, None, lo_open=True))
 

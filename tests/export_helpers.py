@@ -36,5 +36,5 @@ def tiny_bundle(tmp_path_factory, precisions=("fp32", "fp16", "int8"), argmax: b
         root = tmp_path_factory.mktemp("bundle")
         ckpt = tiny_checkpoint(root)
         _CACHE[key] = export_bundle(ckpt, root / "bundle", precisions=precisions, argmax=argmax, calib_images=4,
-                                    parity_images=3, progress=False)
+                                    parity_images=3, progress=False, int8_sensitivity=False)
     return _CACHE[key]

@@ -67,7 +67,8 @@ def make_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny graphs: one thread is faster than two on a busy 2-core machine
     try:
-        export_bundle(ckpt, bundle, precisions=("fp32", "int8"), calib_images=4, progress=False)
+        export_bundle(ckpt, bundle, precisions=("fp32", "int8"), calib_images=4, progress=False,
+                      int8_sensitivity=False)
     finally:
         torch.set_num_threads(threads)
     return bundle, ckpt, data

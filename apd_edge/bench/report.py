@@ -53,6 +53,7 @@ class Row:
     timing: str = ""  # how the clock was read (perf_counter, cuda events, ...)
     warmup: int = 0
     iters: int = 0
+    warning: str = ""  # e.g. the bundle's INT8 model missed its accuracy target at export
 
     @property
     def ok(self) -> bool:
@@ -85,7 +86,8 @@ def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
     body = []
     for r in rows:
         if not r.ok:
-            body.append([r.model, r.backend, r.precision, r.status, _fmt(r.size_mb), _params(r.params),
+            body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status,
+                         _fmt(r.size_mb), _params(r.params),
                          _fmt(r.gmacs), "", r.reason, "", "", "", "", ""])
             continue
         miou = "n/a" if r.miou is None else f"{100 * r.miou:.2f}"
@@ -97,8 +99,8 @@ def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
         mem = f"+{_fmt(r.host_mem_mb, 0)}/{_fmt(r.host_peak_mb, 0)}"
         if r.gpu_mem_mb is not None:
             mem += f" gpu {_fmt(r.gpu_mem_mb, 0)}"
-        body.append([r.model, r.backend, r.precision, r.status, _fmt(r.size_mb), _params(r.params), _fmt(r.gmacs),
-                     miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, r.threads])
+        body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status, _fmt(r.size_mb),
+                     _params(r.params), _fmt(r.gmacs), miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, r.threads])
     return header, body
 
 
@@ -141,14 +143,16 @@ def print_table(rows: list[Row], title: str | None = None, echo=print) -> None:
         if title:
             echo(title)
         echo(format_table(rows))
-        return
-    header, body = table_rows(rows)
-    t = Table(title=title, show_lines=False)
-    for h in header:
-        t.add_column(h, overflow="fold")
-    for b in body:
-        t.add_row(*b)
-    Console(width=220).print(t)
+    else:
+        header, body = table_rows(rows)
+        t = Table(title=title, show_lines=False)
+        for h in header:
+            t.add_column(h, overflow="fold")
+        for b in body:
+            t.add_row(*b)
+        Console(width=220).print(t)
+    for w in dict.fromkeys(f"(!) {r.model} {r.precision}: {r.warning}" for r in rows if r.warning):
+        echo(w)
 
 
 def write_json(rows: list[Row], path: Path, machine: dict[str, Any], settings: dict[str, Any]) -> Path:

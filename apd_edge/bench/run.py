@@ -314,7 +314,7 @@ def _file_size_mb(art: Artifact, backend: str, precision: str, runner=None) -> f
     if backend == "torch":
         return round(runner.weights_mb, 3) if runner is not None else None
     for f in art.manifest.get("files", []):
-        if f.get("format") == FILE_FORMAT[backend] and f.get("precision") == precision:
+        if f.get("format") == FILE_FORMAT[backend] and f.get("precision") == precision and not f.get("variant"):
             p = art.bundle / f["path"]
             return round((p.stat().st_size if p.exists() else f.get("bytes", 0)) / 2**20, 3)
     return None
@@ -342,7 +342,10 @@ def measure_row(art: Artifact, backend: str, precision: str, opts: BenchOptions,
               input_size="x".join(str(v) for v in art.manifest["preprocess"]["size"]),
               warmup=opts.warmup, iters=opts.iters, batch=opts.batch)
     from ..runtime import list_backends
+    from ..runtime.manifest import int8_gate
 
+    if precision == "int8":
+        row.warning = int8_gate(art.manifest) or ""
     try:  # model size and cost belong to the artifact: shown on skipped rows too (torch-free sources only)
         prof = _profile(art)
         row.params, row.gmacs, row.profile_source = prof.get("params"), prof.get("gmacs"), prof.get("source", "")

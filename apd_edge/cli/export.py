@@ -30,8 +30,16 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (FP32 I/O, sensitive ops in FP32).")
 @click.option("--int8", is_flag=True, help="Also write model_int8.onnx (Q/DQ, calibrated on real training images).")
 @click.option("--calib-images", default=128, show_default=True, type=click.IntRange(1), help="INT8 calibration images.")
-@click.option("--calib-method", default="percentile", show_default=True,
-              type=click.Choice(["entropy", "minmax", "percentile"]))
+@click.option("--calib-method", default="auto", show_default=True,
+              type=click.Choice(["auto", "entropy", "minmax", "percentile", "mse"]),
+              help="INT8 calibration; auto tries each and keeps the one with the lowest measured error.")
+@click.option("--int8-target", default=0.5, show_default=True, type=click.FloatRange(0),
+              help="Largest INT8 mIoU drop (points vs FP32 on the parity images) before layers stay float.")
+@click.option("--plain-int8", is_flag=True, help="No mixed precision: quantize every layer, whatever the drop.")
+@click.option("--int8-max-float", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Most quantizable groups (fraction) that mixed precision may keep in float.")
+@click.option("--no-sensitivity", is_flag=True, help="Skip the per-layer INT8 sensitivity analysis.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for ONNX Runtime during calibration and checks.")
 @click.option("--parity-images", default=128, show_default=True, type=click.IntRange(1),
               help="Val images for the ONNX-vs-PyTorch parity check and mIoU.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines on this machine's GPU.")
@@ -40,8 +48,9 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--preprocess", type=click.Choice(["pad", "resize"]), help="Fit images by pad-and-crop or resize.")
 @click.option("--exclude-node", "exclude", multiple=True, metavar="NAME",
               help="ONNX node to keep in float when quantizing (repeatable; the classifier always is).")
-def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, parity_images,
-           trt, data_root, opset, preprocess, exclude) -> None:
+def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
+           plain_int8, int8_max_float, no_sensitivity, threads, parity_images, trt, data_root, opset, preprocess,
+           exclude) -> None:
     """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle."""
     from ..export import export_bundle
 
@@ -49,5 +58,7 @@ def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_image
     out = export_bundle(source, out_dir, name=name, input_size=_parse_size(size), precisions=precisions,
                         dynamic=dynamic, argmax=argmax, calib_images=calib_images, calib_method=calib_method,
                         trt=trt, data_root=data_root, parity_images=parity_images, opset=opset,
-                        preprocess=preprocess, nodes_to_exclude=list(exclude) or None)
+                        preprocess=preprocess, nodes_to_exclude=list(exclude) or None,
+                        int8_target=None if plain_int8 else int8_target, int8_max_float=int8_max_float,
+                        int8_sensitivity=not no_sensitivity, threads=threads)
     click.echo(str(out))

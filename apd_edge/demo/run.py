@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ApdError
 from .capture import FrameSource, open_source, redact_url
+from ..runtime.manifest import int8_gate
 from .overlay import hud_text, render
 from .writer import VideoSink
 
@@ -93,6 +94,9 @@ def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precis
     sink = VideoSink(save, fps=src.fps, fourcc=fourcc) if save is not None else None
     latencies: list[float] = []
     echo(f"demo: {stats.source} -> {segmenter!r}" + (f", saving {save}" if save else ""))
+    gate = int8_gate(segmenter.manifest) if getattr(segmenter, "precision", None) == "int8" else None
+    if gate:
+        echo(f"demo: warning: {gate}")
     fps_ema = 0.0
     try:
         with _graceful_sigint() as stop:
@@ -145,6 +149,8 @@ def _loop(src: FrameSource, segmenter, sink, stats: DemoStats, latencies: list[f
         t_prev = now
         fps_ema = inst if fps_ema == 0.0 else 0.9 * fps_ema + 0.1 * inst
         text = hud_text(fps_ema, lat, src.dropped if src.live else None) if hud else None
+        if text and getattr(segmenter, "precision", None) == "int8" and int8_gate(segmenter.manifest):
+            text += " | INT8 below target"
         out, _ = render(rgb, np.asarray(labels), segmenter.palette, alpha, segmenter.classes if legend else None,
                         hud=text, legend=legend)
         bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)

@@ -21,6 +21,7 @@ from ..errors import ApdError
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
+from .int8 import CALIB_CACHE, DEFAULT_MAX_FLOAT, DEFAULT_TARGET_DROP, SENSITIVITY_JSON, SENSITIVITY_MD
 from .parity import FP32_MIN_AGREEMENT, parity_table, pick_indices, run_parity
 
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
@@ -101,14 +102,39 @@ def _images(ds, indices: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray
         yield img, mask
 
 
+def _eval_set(items, prep: dict, num_classes: int, scored: int | None):
+    """The parity images, preprocessed once, as the INT8 search scores them."""
+    from .int8 import EvalSet
+
+    if not items:  # no dataset reachable: one fixed pseudo-random image, agreement only
+        rng = np.random.default_rng(0)
+        items = [(rng.integers(0, 256, (prep["size"][0], prep["size"][1], 3), dtype=np.uint8), None)]
+    inputs, metas, masks = [], [], []
+    for img, mask in items:
+        x, meta = preprocess_image(img, tuple(prep["size"]), prep["mean"], prep["std"], prep["mode"], prep["pad_fill"])
+        inputs.append(np.ascontiguousarray(x, dtype=np.float32))
+        metas.append(meta)
+        masks.append(mask)
+    return EvalSet(inputs, metas, masks, num_classes, scored)
+
+
 def export_bundle(source: str | Path | None = None, out_dir: str | Path | None = None, *, name: str | None = None,
                   input_size: Sequence[int] | None = None, precisions: Sequence[str] = ("fp32",),
                   dynamic: bool = False, argmax: bool = False, calib_images: int = 128,
-                  calib_method: str = "percentile", trt: bool = False, data_root: str | Path | None = None,
+                  calib_method: str = "auto", trt: bool = False, data_root: str | Path | None = None,
                   parity_images: int = DEFAULT_PARITY_IMAGES, opset: int | None = None,
                   nodes_to_exclude: Sequence[str] | None = None, workspace_gb: float | None = None,
-                  preprocess: str | None = None, progress: bool = True) -> Path:
+                  preprocess: str | None = None, progress: bool = True,
+                  int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool = True,
+                  int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 16,
+                  threads: int | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
+
+    INT8 (``int8.build_int8``): streaming calibration on training images (cached in the bundle), the
+    calibration method chosen by measured error (``calib_method="auto"``), a per-group sensitivity ranking
+    on held-out val images, and mixed precision until the mIoU drop against the FP32 ONNX on the parity
+    images is at most ``int8_target`` points (None: plain INT8). A model that misses the target is still
+    written and marked in the manifest.
 
     Fails with ApdError on bad input, when INT8 calibration has no real dataset, and when FP32 parity
     (argmax agreement with PyTorch) is under 99.9 %.
@@ -117,7 +143,8 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     from ..engine.checkpoint import model_from_checkpoint
     from .fp16 import convert_fp16
     from .onnx import export_onnx
-    from .quantize import CALIB_METHODS, ImageCalibrationReader, quantize_int8
+    from .calibrate import CALIB_METHODS
+    from .int8 import build_int8
 
     log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     precisions = list(dict.fromkeys(precisions))
@@ -126,8 +153,10 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
             raise ApdError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
     if "fp32" not in precisions:
         precisions.insert(0, "fp32")  # every other precision derives from the FP32 graph
-    if calib_method not in CALIB_METHODS:
-        raise ApdError(f"unknown calibration method {calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    if calib_method != "auto" and calib_method not in CALIB_METHODS:
+        raise ApdError(f"unknown calibration method {calib_method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
+    if int8_target is not None and not (math.isfinite(int8_target) and int8_target >= 0):
+        raise ApdError(f"int8 target must be a finite mIoU drop >= 0, got {int8_target}")
     if calib_images < 1:
         raise ApdError(f"calib_images must be >= 1, got {calib_images}")
     if preprocess not in (None, "pad", "resize"):
@@ -175,8 +204,10 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
             "scale": 1 / 255, "layout": "NCHW"}
 
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("model*.onnx")) + list(out.glob("model_*.engine")):  # ours, from an older export
-        stale.unlink()
+    for stale in list(out.glob("model*.onnx")) + list(out.glob("model_*.engine")) + [out / SENSITIVITY_JSON,
+                                                                                       out / SENSITIVITY_MD]:
+        if stale.is_file():  # ours, from an older export (calibration.npz stays: it is a keyed cache)
+            stale.unlink()
 
     log(f"exporting {ckpt.get('model_name')} at {size[0]}x{size[1]} ({mode}) opset {opset} -> {out}")
     io = export_onnx(model, out / ONNX_FILES["fp32"], tuple(size), opset=opset, dynamic=dynamic, argmax=argmax)
@@ -188,27 +219,50 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         log("converting to FP16 (FP32 I/O, sensitive ops in FP32)")
         extra["fp16"] = convert_fp16(out / ONNX_FILES["fp32"], out / ONNX_FILES["fp16"])
         files.append(file_entry(out, ONNX_FILES["fp16"], "onnx", "fp16"))
+    val_items = None
+    if val_ds is not None:
+        parity_idx = pick_indices(len(val_ds), parity_images)
+        if "int8" in precisions or len(parity_idx) <= 16:  # INT8 scores the same images as parity: load once
+            val_items = list(_images(val_ds, parity_idx))
     if "int8" in precisions:
         idx = pick_indices(len(train_ds), calib_images)
-        log(f"calibrating INT8 ({calib_method}) on {len(idx)} '{recipe.data.train_split}' images")
-        reader = ImageCalibrationReader(
-            (img for img, _ in _images(train_ds, idx)),
-            lambda im: preprocess_image(im, tuple(size), mean, std, mode, prep["pad_fill"])[0])
-        extra["int8"] = quantize_int8(out / ONNX_FILES["fp32"], out / ONNX_FILES["int8"], reader, method=calib_method,
-                                      nodes_to_exclude=nodes_to_exclude)
+        log(f"INT8 calibration on {len(idx)} '{recipe.data.train_split}' images, method {calib_method}")
+
+        def calib_inputs() -> Iterator[np.ndarray]:
+            for img, _ in _images(train_ds, idx):
+                yield preprocess_image(img, tuple(size), mean, std, mode, prep["pad_fill"])[0]
+
+        ev = _eval_set(val_items, prep, num_classes, ckpt.get("scored_classes"))
+        desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
+                "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
+        extra["int8"] = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
+                                   method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
+                                   sensitivity_images=sensitivity_images, max_float=int8_max_float,
+                                   nodes_to_exclude=nodes_to_exclude or (), threads=threads, log=log)
+        del ev
+        gate = extra["int8"]["target"]
+        if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity
+            print(f"warning: INT8 misses its target: mIoU drop {gate['drop']:.2f} > {gate['max_drop']} points vs FP32 "
+                  f"with {extra['int8']['float_layers']} layer(s) in float; written anyway and marked in the manifest",
+                  file=sys.stderr, flush=True)
         files.append(file_entry(out, ONNX_FILES["int8"], "onnx", "int8"))
+        if extra["int8"].get("cpu_variant"):
+            files.append(file_entry(out, extra["int8"]["cpu_variant"]["file"], "onnx", "int8", variant="cpu"))
+        for aux in (CALIB_CACHE, SENSITIVITY_JSON, SENSITIVITY_MD):
+            if (out / aux).is_file():
+                files.append(file_entry(out, aux, "data", "int8"))
 
     # parity on real val images (or, without a dataset, a fixed pseudo-random image: max diff and agreement only)
     if val_ds is not None:
-        idx = pick_indices(len(val_ds), parity_images)
-        images = list(_images(val_ds, idx)) if len(idx) <= 16 else _images(val_ds, idx)
-        parity_src = f"{recipe.data.dataset}:{recipe.data.val_split} ({len(idx)} images)"
+        images = val_items if val_items is not None else _images(val_ds, parity_idx)
+        parity_src = f"{recipe.data.dataset}:{recipe.data.val_split} ({len(parity_idx)} images)"
     else:
         rng = np.random.default_rng(0)
         images = [(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8), None)]
         parity_src = "no dataset reachable: one fixed random image (no mIoU)"
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
-    backends = {f["precision"]: OrtBackend(out / f["path"], device="cpu") for f in files}
+    backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""): OrtBackend(out / f["path"], device="cpu")
+                for f in files if f["format"] == "onnx"}
     parity = run_parity(model, backends, images, prep, num_classes, log=log)
     log(parity_table(parity))
 

@@ -1,9 +1,11 @@
-"""INT8 post-training quantization into an explicit Q/DQ ONNX that TensorRT 10/11 and ONNX Runtime run.
+"""The Q/DQ writer: an explicitly quantized INT8 ONNX that TensorRT 10/11 and ONNX Runtime run.
 
 ONNX Runtime's ``quant_pre_process`` + ``quantize_static`` (QDQ format, symmetric int8 activations and
-weights, per-channel weights), calibrated on real images preprocessed exactly like the runtime does.
-The final classifier conv and everything after it (Resize, ArgMax) stay in float by default.
-``check_qdq`` verifies TensorRT's rules on the result.
+weights, per-channel weights) write the graph from activation ranges that our streaming calibration
+(``calibrate.py``) computed on real images. The final classifier conv and everything after it (Resize,
+ArgMax) stay in float, and so do the nodes that mixed precision keeps in float (``int8.py``).
+``check_qdq`` verifies TensorRT's rules on the result; ``to_cpu_variant`` derives the numerically identical
+uint8-activation graph that ONNX Runtime's CPU kernels run fastest.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -21,50 +23,10 @@ from onnx import numpy_helper
 
 from ..errors import ApdError
 
-CALIB_METHODS = ("entropy", "minmax", "percentile")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # what gets Q/DQ: weighted ops (per-channel weights), residual adds, and ops that just pass int8 through.
 # Not PRelu/Mul slopes or Resize: TensorRT takes Q/DQ weights only on weighted layers.
 OP_TYPES_TO_QUANTIZE = WEIGHTED_OPS + ("Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip")
-
-
-class ImageCalibrationReader:
-    """onnxruntime CalibrationDataReader over preprocessed real images (one batch-1 input per call)."""
-
-    def __init__(self, images: Iterable[np.ndarray], preprocess: Callable[[np.ndarray], np.ndarray],
-                 input_name: str = "input"):
-        self._images = iter(images)
-        self._pre = preprocess
-        self.input_name = input_name
-        self.count = 0
-
-    def get_next(self) -> dict | None:
-        img = next(self._images, None)
-        if img is None:
-            return None
-        self.count += 1
-        return {self.input_name: self._pre(img)}
-
-    def rewind(self) -> None:  # part of the reader protocol; a single pass is all quantize_static needs
-        pass
-
-
-def _entropy_ranges(model_path: Path, reader, op_types: list[str], tmp: Path) -> Path:
-    """Entropy (KL) calibration with a fine histogram, saved as an onnxruntime calibration cache.
-
-    ``quantize_static`` cannot pass histogram sizes to its entropy calibrator, whose defaults
-    (128 bins, 128 quantized bins) leave a single candidate threshold: the full range, i.e. min-max.
-    We run the calibrator with 2048 bins / 256 quantized bins (int8) and hand the ranges over.
-    """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
-
-    calibrator = create_calibrator(model_path, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"symmetric": True, "num_bins": 2048, "num_quantized_bins": 256})
-    calibrator.collect_data(reader)
-    path = tmp / "entropy_ranges.json"
-    save_tensors_data(calibrator.compute_data(), path)
-    return path
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -116,53 +78,157 @@ def _ensure_node_names(model: onnx.ModelProto) -> None:
             used.add(name)
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, reader, *, method: str = "percentile",
-                  nodes_to_exclude: Sequence[str] | None = None, exclude_classifier: bool = True,
-                  per_channel: bool = True, quantize_bias: bool = False, percentile: float = 99.999,
-                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE) -> dict:
-    """Quantize ``fp32_path`` into a symmetric Q/DQ ONNX at ``out_path``; returns a summary for the manifest.
-
-    ``quantize_bias=False`` keeps conv biases in float (TensorRT fuses them; int32 bias DQ is not part of
-    its Q/DQ rules).
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def prepare_for_quantization(fp32_path: str | Path, out_path: str | Path) -> onnx.ModelProto:
+    """ONNX Runtime's ``quant_pre_process`` (shape inference, graph clean-up) plus unique node names."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIB_METHODS:
-        raise ApdError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
-    cm = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-          "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        model = onnx.load(str(pre))
-        _ensure_node_names(model)
-        onnx.save(model, str(pre))
-        excluded = list(nodes_to_exclude or [])
-        cls_nodes = classifier_nodes(model) if exclude_classifier else []
-        excluded += [n for n in cls_nodes if n not in excluded]
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias,
-                 "CalibPercentile": percentile, "CalibTensorRangeSymmetric": True}
-        # onnxruntime prints progress and logs per-tensor warnings: keep them off the user's terminal
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                cache = None
-                if method == "entropy":
-                    cache = _entropy_ranges(pre, reader, list(op_types), Path(tmp))
-                quantize_static(str(pre), str(out_path), None if cache else reader, quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=list(op_types), per_channel=per_channel,
-                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                                nodes_to_exclude=excluded, calibrate_method=cm, extra_options=extra,
-                                calibration_cache_path=cache)
-        finally:
-            root.setLevel(level)
-    report = assert_qdq_conformance(out_path, classifier=cls_nodes[:1] if cls_nodes else None)
-    return {"method": method, "calib_images": getattr(reader, "count", None), "per_channel": per_channel,
-            "symmetric": True, "quantize_bias": quantize_bias, "excluded_nodes": excluded, "op_types": list(op_types),
-            **({"percentile": percentile} if method == "percentile" else {}), "qdq_check": report}
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    model = onnx.load(str(out_path))
+    _ensure_node_names(model)
+    onnx.save(model, str(out_path))
+    return model
+
+
+def quantizable_nodes(model: onnx.ModelProto, op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE,
+                      exclude: Sequence[str] = ()) -> list[str]:
+    """Names of the nodes the Q/DQ writer may quantize (one sensitivity group each), in graph order."""
+    skip = set(exclude)
+    return [n.name for n in model.graph.node if n.op_type in op_types and n.name not in skip]
+
+
+def quantize_int8(pre_path: str | Path, out_path: str | Path, ranges: dict[str, float], *,
+                  nodes_to_exclude: Sequence[str] = (), exclude_classifier: bool = True,
+                  per_channel: bool = True, quantize_bias: bool = False,
+                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE, check: bool = True) -> dict:
+    """Write a symmetric Q/DQ ONNX at ``out_path`` from a prepared FP32 model and activation ranges.
+
+    ``pre_path`` comes from ``prepare_for_quantization``; ``ranges`` maps each tensor of
+    ``calibrate.tensors_to_calibrate`` to its clip value |x| <= amax (from our streaming calibration).
+    ONNX Runtime's ``quantize_static`` writes the graph (it reads the ranges as a calibration cache).
+    ``quantize_bias=False`` keeps conv biases in float (TensorRT fuses them; int32 bias DQ is not part of
+    its Q/DQ rules). Returns a summary for the manifest.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    model = onnx.load(str(pre_path))
+    excluded = list(dict.fromkeys(nodes_to_exclude))
+    cls_nodes = classifier_nodes(model) if exclude_classifier else []
+    excluded += [n for n in cls_nodes if n not in excluded]
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias}
+    data = {k: (np.array(-v, np.float32), np.array(v, np.float32)) for k, v in ranges.items()}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs per-tensor notes: keep them off the user's terminal
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            cache = Path(tmp) / "ranges.json"
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+            quantize_static(str(pre_path), str(out_path), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(op_types), per_channel=per_channel,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options=extra, calibration_cache_path=cache)
+    except KeyError as exc:
+        raise ApdError(f"INT8: no calibration range for tensor {exc}; the calibration cache does not match "
+                       "this model (delete calibration.npz and export again)") from None
+    finally:
+        root.setLevel(level)
+    report = (assert_qdq_conformance(out_path, classifier=cls_nodes[:1] if cls_nodes else None) if check
+              else check_qdq(out_path, classifier=cls_nodes[:1] if cls_nodes else None))
+    return {"per_channel": per_channel, "symmetric": True, "quantize_bias": quantize_bias,
+            "excluded_nodes": excluded, "classifier_nodes": cls_nodes, "op_types": list(op_types),
+            "qdq_check": report}
+
+
+def float_groups(qdq: onnx.ModelProto, pre: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the Q/DQ graph in which ``nodes`` read float inputs (their Q/DQ and int8 weights bypassed).
+
+    ``pre`` is the prepared FP32 model the Q/DQ graph was written from: node and initializer names are
+    shared, so each floated node simply takes its original inputs back (activations and float weights).
+    Q/DQ nodes left without consumers are pruned. This is how sensitivity analysis and mixed precision
+    derive their variants in milliseconds instead of re-running the writer.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    g = m.graph
+    orig = {n.name: n for n in pre.graph.node}
+    pre_inits = {i.name: i for i in pre.graph.initializer}
+    have = {i.name for i in g.initializer}
+    for n in g.node:
+        if n.name not in nodes:
+            continue
+        src = orig.get(n.name)
+        if src is None or len(src.input) != len(n.input):
+            raise ApdError(f"cannot keep {n.name!r} in float: it is not a node of the prepared FP32 graph")
+        for k, name in enumerate(src.input):
+            n.input[k] = name
+            if name in pre_inits and name not in have:
+                g.initializer.append(pre_inits[name])
+                have.add(name)
+    _prune(g)
+    return m
+
+
+def _prune(g: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads (repeatedly), then unused initializers."""
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        keep = [n for n in g.node if n not in dead]
+        del g.node[:]
+        g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    keep_i = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep_i)
+
+
+def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path) -> dict:
+    """The same Q/DQ graph with uint8 activations (zero point 128) and int8 weights, for ONNX Runtime's CPU.
+
+    Symmetric int8 activations with zero point 0 and uint8 with zero point 128 at the same scale represent
+    exactly the same values, so this graph computes what the TensorRT graph computes; ONNX Runtime's CPU
+    kernels (VNNI/AMX u8s8 dot products) run it much faster than s8s8. Weight Q/DQ (constant inputs)
+    stay int8.
+    """
+    m = qdq if isinstance(qdq, onnx.ModelProto) else onnx.load(str(qdq))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    prod = _producers(g)
+    changed: dict[str, str] = {}  # old zero-point name -> new uint8 one
+    n_act = 0
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
+            continue
+        x = n.input[0]
+        if n.op_type == "DequantizeLinear":
+            src = prod.get(x)
+            if x in inits or src is None or src.op_type != "QuantizeLinear":
+                continue  # a constant (weight) DQ
+        elif x in inits:
+            continue
+        zp = n.input[2]
+        if zp not in changed:
+            arr = numpy_helper.to_array(inits[zp]) if zp in inits else _const(g, zp)
+            if arr is None or arr.dtype != np.int8 or np.any(arr != 0):
+                raise ApdError(f"CPU INT8 variant: {n.name} has zero point {arr!r}; expected symmetric int8 (0)")
+            new = zp + "_u8"
+            g.initializer.append(numpy_helper.from_array(np.full(arr.shape, 128, np.uint8), new))
+            changed[zp] = new
+        n.input[2] = changed[zp]
+        n_act += 1
+    # value_info of the quantized tensors says int8: drop it and let ORT infer uint8
+    q_out = {n.output[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    keep = [vi for vi in g.value_info if vi.name not in q_out]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    onnx.save(m, str(out_path))
+    return {"activation_qdq_nodes": n_act, "activation_type": "uint8 (zero point 128)", "weight_type": "int8"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,7 +280,7 @@ def check_qdq(model: str | Path | onnx.ModelProto, classifier: Sequence[str] | N
             problems.append(f"{n.name}: zero point dtype {zp.dtype}, expected int8")
         elif np.any(zp != 0):
             problems.append(f"{n.name}: non-zero zero point {zp.ravel()[:4]}")
-    convs = [n for n in g.node if n.op_type == "Conv"]
+    convs = [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
     quantized = 0
     for c in convs:
         w_dq = prod.get(c.input[1])
@@ -231,9 +297,17 @@ def check_qdq(model: str | Path | onnx.ModelProto, classifier: Sequence[str] | N
             continue
         if w.dtype not in (np.int8, np.float32):
             problems.append(f"{c.name}: weight dtype {w.dtype}, expected int8")
-        if scale.ndim != 1 or scale.shape[0] != w.shape[0] or _axis(w_dq) != 0:
+        # output channels: Conv weights are (out, in/g, k...), ConvTranspose weights (in, out/g, k...)
+        if c.op_type == "Conv":
+            axis, out_ch = 0, w.shape[0]
+        else:
+            groups = next((a.i for a in c.attribute if a.name == "group"), 1)
+            axis, out_ch = 1, w.shape[1]
+            if groups != 1:  # per-channel axis 1 then covers out/g channels: TensorRT needs group == 1 here
+                problems.append(f"{c.name}: quantized ConvTranspose with group={groups}")
+        if scale.ndim != 1 or scale.shape[0] != out_ch or _axis(w_dq) != axis:
             problems.append(f"{c.name}: weight scale shape {scale.shape} axis {_axis(w_dq)}, "
-                            f"expected per-channel ({w.shape[0]},) on axis 0")
+                            f"expected per-channel ({out_ch},) on axis {axis}")
     for name in classifier or []:
         node = next((n for n in g.node if n.name == name), None)
         if node is None:

@@ -128,11 +128,31 @@ def verify_file(bundle_dir: str | Path, entry: dict) -> Path:
     return p
 
 
-def find_file(manifest: dict, fmt: str, precision: str) -> dict:
-    """The ``files`` entry of a format ('onnx' | 'engine') and precision, or an ApdError listing choices."""
+def find_file(manifest: dict, fmt: str, precision: str, variant: str | None = None) -> dict:
+    """The ``files`` entry of a format ('onnx' | 'engine') and precision, or an ApdError listing choices.
+
+    Entries may carry a ``variant`` (``cpu``: the uint8-activation INT8 graph for ONNX Runtime's CPU).
+    With ``variant`` given, that entry is preferred and the plain one is the fallback; without it the
+    plain entry (the one TensorRT builds from) is returned.
+    """
+    if variant is not None:
+        for f in manifest["files"]:
+            if f["format"] == fmt and f["precision"] == precision and f.get("variant") == variant:
+                return f
     for f in manifest["files"]:
-        if f["format"] == fmt and f["precision"] == precision:
+        if f["format"] == fmt and f["precision"] == precision and not f.get("variant"):
             return f
     have = sorted(f["precision"] for f in manifest["files"] if f["format"] == fmt)
     raise ApdError(f"bundle '{manifest['name']}' has no {fmt} file for precision '{precision}'; "
                    f"available: {', '.join(have) or 'none'}")
+
+
+def int8_gate(manifest: dict) -> str | None:
+    """A one-line warning when the bundle's INT8 model missed its accuracy target at export, else None."""
+    q = manifest.get("quantization") or {}
+    t = q.get("target") or {}
+    if t.get("met") is False:
+        drop = t.get("drop")
+        return (f"INT8 missed its accuracy target: mIoU drop {drop:.2f} > {t.get('max_drop')} points against FP32 "
+                f"({q.get('float_layers', 0)} layer(s) kept float)") if drop is not None else "INT8 missed its accuracy target"
+    return None
