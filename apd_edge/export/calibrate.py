@@ -179,8 +179,11 @@ def _kl_threshold(hist: np.ndarray, levels: int = _INT8_LEVELS + 1, stride: int 
         if qs == 0:
             continue
         pn, qn = p[nz] / ps, q[nz] / qs
-        ok = qn > 0
-        kl = float(np.sum(pn[ok] * np.log(pn[ok] / qn[ok]))) + (np.inf if (~ok).any() else 0.0)
+        # bins where Q is empty but P is not (the folded tail, typically) get a small mass, as in the
+        # reference implementation's smoothing; otherwise every clipping candidate scores infinity
+        qn = np.where(qn > 0, qn, 1e-4)
+        qn /= qn.sum()
+        kl = float(np.sum(pn * np.log(pn / qn)))
         if kl < best_kl:
             best_kl, best_i = kl, i
     return best_i
