@@ -232,7 +232,8 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
             for img, _ in _images(train_ds, idx):
                 yield preprocess_image(img, tuple(size), mean, std, mode, prep["pad_fill"])[0]
 
-        ev = _eval_set(val_items, prep, num_classes, ckpt.get("scored_classes"))
+        extras = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+        ev = _eval_set(val_items, prep, num_classes, num_classes - len(extras) if extras else None)
         desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
                 "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
         extra["int8"] = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
