@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ApdError
+from ..metrics import scored_classes
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
@@ -209,7 +210,9 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         parity_src = "no dataset reachable: one fixed random image (no mIoU)"
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
     backends = {f["precision"]: OrtBackend(out / f["path"], device="cpu") for f in files}
-    parity = run_parity(model, backends, images, prep, num_classes, log=log)
+    extra = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (e.g. void)
+    scored = num_classes if val_ds is None else scored_classes(num_classes, val_ds.num_classes, extra, "the checkpoint")
+    parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
 
     manifest = {
@@ -217,6 +220,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         "model": {"name": ckpt.get("model_name"), "kwargs": ckpt.get("model_kwargs", {}), "step": ckpt.get("step"),
                   "best_miou": ckpt.get("best_miou")},
         "num_classes": num_classes, "classes": classes, "palette": palette, "mean": mean, "std": std,
+        "extra_classes": extra,
         "input": io["input"], "outputs": io["outputs"], "preprocess": prep,
         "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
         "files": files,
