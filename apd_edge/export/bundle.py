@@ -210,8 +210,9 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         parity_src = "no dataset reachable: one fixed random image (no mIoU)"
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
     backends = {f["precision"]: OrtBackend(out / f["path"], device="cpu") for f in files}
-    extra = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (e.g. void)
-    scored = num_classes if val_ds is None else scored_classes(num_classes, val_ds.num_classes, extra, "the checkpoint")
+    extra_classes = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+    scored = (num_classes if val_ds is None
+              else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
     parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
 
@@ -220,7 +221,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         "model": {"name": ckpt.get("model_name"), "kwargs": ckpt.get("model_kwargs", {}), "step": ckpt.get("step"),
                   "best_miou": ckpt.get("best_miou")},
         "num_classes": num_classes, "classes": classes, "palette": palette, "mean": mean, "std": std,
-        "extra_classes": extra,
+        "extra_classes": extra_classes,
         "input": io["input"], "outputs": io["outputs"], "preprocess": prep,
         "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
         "files": files,
