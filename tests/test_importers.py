@@ -327,3 +327,23 @@ def test_import_unwraps_containers_and_dataparallel(tmp_path):
     assert ckpt["recipe"]["data"]["root"] == "data/camvid"
     with pytest.raises(ApdError, match="already an apd-edge checkpoint"):
         import_weights(run / "best.pt", out=tmp_path / "runs", name="y")
+
+
+def convert_for_test(state):
+    """A user importer given as --format tests.module:function: the authors' layout under another name."""
+    from apd_edge.engine.importers import IMPORTERS
+
+    imp = IMPORTERS.get("espnet_authors").convert(state)
+    imp.run_name = "user_fmt"
+    return imp
+
+
+def test_user_importer_by_module_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    torch.save(synthetic_authors_state(1, 1), tmp_path / "w.pth")
+    res = CliRunner().invoke(cli, ["import", str(tmp_path / "w.pth"), "--format", "test_importers:convert_for_test",
+                                   "--out", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "user_fmt" / "best.pt").is_file()
+    line = _one_line_error(CliRunner().invoke(cli, ["import", str(tmp_path / "w.pth"), "--format", "nope_mod:f"]))
+    assert "cannot import" in line

@@ -8,7 +8,8 @@ import click
 @click.command("import")
 @click.argument("weights", metavar="WEIGHTS_FILE", type=click.Path(dir_okay=False))
 @click.option("--format", "-f", "fmt", default=None, metavar="NAME",
-              help="Importer name (default: detected from the keys). Known: espnet_authors.")
+              help="Importer name (default: detected from the keys; known: espnet_authors), or "
+                   "package.module:function for your own (docs/checkpoint-format.md).")
 @click.option("--name", default=None, help="Run folder name (default: the importer's, e.g. espnet_camvid_authors).")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Folder that receives the run folder.")

@@ -267,6 +267,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def get_importer(fmt: str) -> Importer:
+    """A registered importer, or ``package.module:attr`` naming an ``Importer`` or a convert function."""
+    if ":" not in fmt:
+        return IMPORTERS.get(fmt)
+    import importlib
+
+    mod, _, attr = fmt.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ApdError(f"--format {fmt!r}: cannot import it ({exc})") from None
+    if isinstance(obj, Importer):
+        return obj
+    if callable(obj):
+        return Importer(fmt, f"user importer {fmt}", lambda state: False, obj)
+    raise ApdError(f"--format {fmt!r} is neither an Importer nor a function")
+
+
 def detect_format(state: Mapping[str, torch.Tensor], where: str = "the weights") -> str:
     hits = [imp.name for imp in list_importers() if imp.detect(state)]
     if len(hits) != 1:
@@ -290,11 +308,13 @@ def import_weights(path: str | Path, fmt: str | None = None, *, out: str | Path 
     from .run import point_latest, write_summary
 
     t0 = time.perf_counter()
-    if fmt is not None:
-        IMPORTERS.get(fmt)  # unknown names fail before reading a large file
+    importer = get_importer(fmt) if fmt is not None else None  # unknown names fail before reading the file
     state = read_state_dict(path)
-    fmt = fmt or detect_format(state, str(path))
-    imp: Imported = IMPORTERS.get(fmt).convert(state)
+    importer = importer or IMPORTERS.get(detect_format(state, str(path)))
+    fmt = importer.name
+    imp = importer.convert(state)
+    if not isinstance(imp, Imported):
+        raise ApdError(f"importer '{fmt}' returned {type(imp).__name__}, expected apd_edge.engine.importers.Imported")
     dataset = dataset or imp.dataset
     if dataset is None:
         raise ApdError(f"format '{fmt}' does not say which dataset the weights were trained for: pass --dataset")
