@@ -3,6 +3,10 @@
 Numpy only (the torch-free runtime scores ONNX bundles with it); torch tensors are accepted and
 counted on their own device, and ``reduce_`` imports torch lazily. Classes absent from both the labels
 and the predictions have IoU NaN and are left out of the means, as the community's tools do.
+
+Extra classes: a model may predict more classes than the dataset labels (e.g. an imported model trained
+with void as a class). Those trailing outputs are declared (``extra_classes`` in the checkpoint/manifest);
+a prediction of one on a labelled pixel counts as an error, and they are not averaged into the means.
 """
 
 from __future__ import annotations
@@ -12,21 +16,49 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import ApdError
+
+
+def scored_classes(model_classes: int, dataset_classes: int, extra_classes: Sequence[str] = (),
+                   where: str = "the model") -> int:
+    """Check a model's output count against a dataset's classes; returns how many classes are scored.
+
+    A model may have more outputs than the dataset has classes only when exactly the surplus is declared
+    as trailing ``extra_classes`` (scored as errors, left out of the means).
+    """
+    extra = list(extra_classes or [])
+    if not all(isinstance(e, str) for e in extra) or len(extra) >= model_classes:
+        raise ApdError(f"{where}: extra_classes {extra!r} must be a list of fewer than {model_classes} class names")
+    scored = model_classes - len(extra)
+    if scored == dataset_classes:
+        return scored
+    if not extra and model_classes > dataset_classes:
+        raise ApdError(f"the dataset has {dataset_classes} classes but {where} predicts {model_classes}; if its last "
+                       f"{model_classes - dataset_classes} outputs are classes the dataset does not label (e.g. void), "
+                       "declare them as extra_classes (docs/checkpoint-format.md)")
+    decl = f" ({model_classes} outputs less {len(extra)} extra: {', '.join(extra)})" if extra else ""
+    raise ApdError(f"the dataset has {dataset_classes} classes but {where} predicts {scored}{decl}")
+
 
 class ConfusionMatrix:
-    """Accumulates ``mat[label, pred]`` pixel counts over a dataset (ignored pixels are not counted)."""
+    """Accumulates ``mat[label, pred]`` pixel counts over a dataset (ignored pixels are not counted).
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    ``num_classes`` labelled classes; ``extra_classes`` more predicted-only classes (trailing model
+    outputs the dataset does not label) add columns: errors on the row's class, never a class of their own.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, extra_classes: int = 0) -> None:
         self.num_classes = int(num_classes)
+        self.extra_classes = int(extra_classes)
         self.ignore_index = ignore_index
-        self.mat = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.mat = np.zeros((self.num_classes, self.num_classes + self.extra_classes), np.int64)
 
     def reset(self) -> None:
         self.mat[:] = 0
 
     def update(self, pred: Any, target: Any) -> None:
         """Add a batch. ``pred``: label map (or logits with a class axis at dim 1 / 0); ``target``: labels."""
-        n = self.num_classes
+        n, npred = self.num_classes, self.num_classes + self.extra_classes
         if hasattr(pred, "detach"):  # torch: count on the tensor's device, move n*n numbers
             import torch
 
@@ -38,8 +70,8 @@ class ConfusionMatrix:
             if pred.numel():
                 lo, hi = torch.aminmax(pred)
                 self._check_pred(*[int(v) for v in torch.stack([hi, lo]).tolist()])  # one device sync
-            counts = torch.bincount(target * n + pred, minlength=n * n)
-            self.mat += counts.cpu().numpy().reshape(n, n)
+            counts = torch.bincount(target * npred + pred, minlength=n * npred)
+            self.mat += counts.cpu().numpy().reshape(n, npred)
             return
         pred, target = np.asarray(pred), np.asarray(target)
         if pred.ndim == target.ndim + 1:
@@ -52,11 +84,12 @@ class ConfusionMatrix:
         t, p = t[keep], p[keep]
         if p.size:
             self._check_pred(int(p.max()), int(p.min()))
-        self.mat += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        self.mat += np.bincount(t * npred + p, minlength=n * npred).reshape(n, npred)
 
     def _check_pred(self, hi: int, lo: int) -> None:
-        if hi >= self.num_classes or lo < 0:
-            raise ValueError(f"prediction value {hi if hi >= self.num_classes else lo} outside 0..{self.num_classes - 1}")
+        top = self.num_classes + self.extra_classes
+        if hi >= top or lo < 0:
+            raise ValueError(f"prediction value {hi if hi >= top else lo} outside 0..{top - 1}")
 
     def reduce_(self) -> "ConfusionMatrix":
         """Sum the matrix over processes when torch.distributed is initialised (no-op otherwise)."""
@@ -73,10 +106,12 @@ class ConfusionMatrix:
         return self
 
     def compute(self) -> dict:
-        """iou (list, NaN for absent classes), miou, acc (pixel), macc (mean class), present (list of bool)."""
+        """iou (list, NaN for absent classes), miou, acc (pixel), macc (mean class), present (list of bool),
+        and ``extra_share``: the fraction of labelled pixels predicted as an extra class (0 without any)."""
+        n = self.num_classes
         m = self.mat.astype(np.float64)
-        tp = np.diag(m)
-        gt, pr = m.sum(1), m.sum(0)
+        tp = np.diag(m[:, :n])
+        gt, pr = m.sum(1), m[:, :n].sum(0)  # extra-class predictions are misses of the row's class
         union = gt + pr - tp
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
@@ -91,12 +126,14 @@ class ConfusionMatrix:
             "class_acc": cls_acc.tolist(),
             "present": present.tolist(),
             "pixels": int(total),
+            "extra_share": float(m[:, n:].sum() / total) if total else 0.0,
         }
 
     def table(self, class_names: Sequence[str] | None = None) -> str:
         """A per-class text table (IoU, accuracy, label share) with the means on the last line."""
         r = self.compute()
-        names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        names = list(class_names)[: self.num_classes] if class_names else [str(i) for i in range(self.num_classes)]
+        extra = list(class_names)[self.num_classes:] if class_names else []
         gt = self.mat.sum(1)
         total = max(int(gt.sum()), 1)
         width = max([len(n) for n in names] + [5])
@@ -105,6 +142,10 @@ class ConfusionMatrix:
         for k, name in enumerate(names):
             lines.append(f"{name:<{width}}  {fmt(r['iou'][k])}  {fmt(r['class_acc'][k])}  {100 * gt[k] / total:5.2f}%")
         lines.append(f"{'mean':<{width}}  {fmt(r['miou'])}  {fmt(r['macc'])}  pixel acc {fmt(r['acc'])}")
+        if self.extra_classes:
+            what = ", ".join(extra) if extra else f"{self.extra_classes} extra class(es)"
+            lines.append(f"predicted as {what} (not scored, counted as errors): {100 * r['extra_share']:.2f}% "
+                         "of labelled pixels")
         return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ Which data: ``--data DATASET[:ROOT]`` when given, else the dataset recorded in t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -73,16 +73,20 @@ def resolve_eval_data(manifest: dict | None, spec: str | None = None, split: str
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset, num_classes: int,
-                       max_images: int | None = None) -> dict[str, Any]:
-    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (first ``max_images``); mIoU as a fraction."""
-    from ..metrics import ConfusionMatrix
+                       max_images: int | None = None, extra_classes: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (first ``max_images``); mIoU as a fraction.
 
-    if getattr(dataset, "num_classes", num_classes) != num_classes:
-        raise ApdError(f"dataset has {dataset.num_classes} classes but the model predicts {num_classes}")
+    ``num_classes``: the model's outputs; ``extra_classes``: its declared trailing outputs the dataset does
+    not label (manifest ``extra_classes``), scored as errors and left out of the mean.
+    """
+    from ..metrics import ConfusionMatrix, scored_classes
+
+    scored = scored_classes(num_classes, getattr(dataset, "num_classes", num_classes - len(extra_classes or [])),
+                            extra_classes, "the model")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n == 0:
         raise ApdError("the evaluation split has no images")
-    cm = ConfusionMatrix(num_classes)
+    cm = ConfusionMatrix(scored, extra_classes=num_classes - scored)
     for i in range(n):
         image, mask = dataset[i]
         pred = predict(image)

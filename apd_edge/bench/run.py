@@ -89,6 +89,7 @@ def _checkpoint_manifest(ckpt: dict, input_size: tuple[int, int] | None) -> dict
         "model": {"name": ckpt.get("model_name", "model")},
         "num_classes": n,
         "classes": list(ckpt.get("classes") or [str(i) for i in range(n)]),
+        "extra_classes": list(ckpt.get("extra_classes") or []),
         "palette": ckpt.get("palette") or [],
         "mean": list(ckpt.get("mean") or [0.485, 0.456, 0.406]),
         "std": list(ckpt.get("std") or [0.229, 0.224, 0.225]),
@@ -447,7 +448,8 @@ def _accuracy_row(row: Row, runner, art: Artifact, opts: BenchOptions) -> None:
     if ev is None or ev.dataset is None:
         row.eval_data = ev.reason if ev else "no data"
         return
-    res = evaluate_predictor(runner.predict, ev.dataset, int(art.manifest["num_classes"]), opts.max_images)
+    res = evaluate_predictor(runner.predict, ev.dataset, int(art.manifest["num_classes"]), opts.max_images,
+                             extra_classes=art.manifest.get("extra_classes") or ())
     row.miou, row.pixel_acc, row.eval_images, row.eval_data = res["miou"], res["acc"], res["n"], ev.label
 
 

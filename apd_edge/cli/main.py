@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "distill": "apd_edge.cli.train:distill",
     "eval": "apd_edge.cli.train:eval_cmd",
     "quickstart": "apd_edge.cli.train:quickstart",
+    "import": "apd_edge.cli.import_cmd:import_cmd",
 }
 
 

@@ -28,19 +28,20 @@ def evaluate(model: nn.Module, loader, num_classes: int, flip: bool = False, sca
              window: Sequence[int] | None = None, stride: Sequence[int] | None = None, progress: bool = True,
              *, ignore_index: int = IGNORE_INDEX, max_images: int | None = None,
              on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-             reduce: bool = True) -> dict[str, Any]:
+             reduce: bool = True, extra_classes: int = 0) -> dict[str, Any]:
     """mIoU of ``model`` on ``loader`` (images normalised Bx3xHxW, labels BxHxW with void 255).
 
     Returns ``ConfusionMatrix.compute()`` (iou, miou, acc, macc, present) plus ``images`` and
     ``seconds``. Under torch.distributed the confusion matrix is summed over ranks (``reduce``).
-    ``on_batch(images, labels, preds)`` sees every batch (used for visualisations).
+    ``on_batch(images, labels, preds)`` sees every batch (used for visualisations). ``extra_classes``:
+    trailing model outputs the dataset does not label (scored as errors, see ``metrics.scored_classes``).
     """
     from ..metrics import ConfusionMatrix
 
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, extra_classes=extra_classes)
     seen = 0
     t0 = time.perf_counter()
     total = len(loader) if hasattr(loader, "__len__") else None
@@ -141,6 +142,7 @@ def evaluate_checkpoint(source: str | Path, *, data: str | None = None, override
                         ) -> dict[str, Any]:
     """Evaluate a checkpoint (file or run folder). Returns the metrics plus ``class_names`` and ``table``."""
     from ..data import build_dataset, build_loader
+    from ..metrics import scored_classes
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .distributed import resolve_device
 
@@ -151,10 +153,9 @@ def evaluate_checkpoint(source: str | Path, *, data: str | None = None, override
     model.to(dev).eval()
     split = split or recipe.data.val_split
     dataset = build_dataset(recipe.data, split)
-    num_classes = int(ckpt["num_classes"])
-    if dataset.num_classes != num_classes:
-        raise ApdError(f"dataset '{recipe.data.dataset}' has {dataset.num_classes} classes but the checkpoint "
-                       f"was trained for {num_classes}")
+    extra = list(ckpt.get("extra_classes") or [])
+    num_classes = scored_classes(int(ckpt["num_classes"]), dataset.num_classes, extra,
+                                 where=f"the checkpoint (dataset '{recipe.data.dataset}')")
     loader = build_loader(recipe, split, train=False, batch_size=recipe.eval.batch_size)
     names = list(ckpt.get("classes") or dataset.class_names)
     palette = ckpt.get("palette") or dataset.palette
@@ -164,7 +165,7 @@ def evaluate_checkpoint(source: str | Path, *, data: str | None = None, override
                       scales=recipe.eval.scales if scales is None else scales,
                       window=window if window is not None else recipe.eval.sliding_window,
                       stride=recipe.eval.sliding_stride, progress=progress, max_images=max_images,
-                      on_batch=vis)
+                      on_batch=vis, extra_classes=len(extra))
     result["class_names"] = names
     result["table"] = result["confusion"].table(names)
     result["split"] = split

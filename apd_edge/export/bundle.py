@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ApdError
+from ..metrics import scored_classes
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
@@ -233,6 +234,8 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
                 yield preprocess_image(img, tuple(size), mean, std, mode, prep["pad_fill"])[0]
 
         extras = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+        if val_ds is not None and extras:
+            scored_classes(num_classes, val_ds.num_classes, extras, "the checkpoint")
         ev = _eval_set(val_items, prep, num_classes, num_classes - len(extras) if extras else None)
         desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
                 "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
@@ -264,7 +267,10 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
     backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""): OrtBackend(out / f["path"], device="cpu")
                 for f in files if f["format"] == "onnx"}
-    parity = run_parity(model, backends, images, prep, num_classes, log=log)
+    extra_classes = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+    scored = (num_classes if val_ds is None
+              else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
+    parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
 
     manifest = {
@@ -272,6 +278,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         "model": {"name": ckpt.get("model_name"), "kwargs": ckpt.get("model_kwargs", {}), "step": ckpt.get("step"),
                   "best_miou": ckpt.get("best_miou")},
         "num_classes": num_classes, "classes": classes, "palette": palette, "mean": mean, "std": std,
+        "extra_classes": extra_classes,
         "input": io["input"], "outputs": io["outputs"], "preprocess": prep,
         "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
         "files": files,

@@ -72,6 +72,9 @@ def validate_manifest(m: Any, where: str = "manifest") -> dict:
                        f"understands ({FORMAT_VERSION}); upgrade apd-edge")
     if len(m["classes"]) != m["num_classes"]:
         raise ApdError(f"{where}: {len(m['classes'])} class names for num_classes={m['num_classes']}")
+    extra = m.get("extra_classes", [])  # optional: trailing outputs the dataset does not label (e.g. void)
+    if not (isinstance(extra, list) and all(isinstance(e, str) for e in extra) and len(extra) < m["num_classes"]):
+        raise ApdError(f"{where}: extra_classes must be a list of fewer than num_classes names, got {extra!r}")
     mode = m["preprocess"].get("mode")
     if mode not in PREPROCESS_MODES:
         raise ApdError(f"{where}: preprocess.mode {mode!r} is not one of {', '.join(PREPROCESS_MODES)}")
