@@ -25,7 +25,7 @@ CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_BINS = 2048
 # values per tensor per image that enter the histogram (the max is always exact): a strided sample keeps
 # the per-image cost flat for large feature maps without biasing the distribution
-MAX_SAMPLES = 1 << 19
+MAX_SAMPLES = 1 << 16
 _INT8_LEVELS = 127  # symmetric int8: [-127 * s, 127 * s] (TensorRT drops -128)
 
 
@@ -87,7 +87,7 @@ class HistogramCollector:
                 hist[: len(merged)] = merged
                 hi *= 2
             self.hi[name] = hi
-            idx = np.minimum((v * (self.bins / hi)).astype(np.int64), self.bins - 1)
+            idx = np.minimum((v * np.float32(self.bins / hi)).astype(np.int32), self.bins - 1)
             hist += np.bincount(idx, minlength=self.bins)
         else:
             hist[0] += v.size
@@ -249,5 +249,6 @@ def cache_key(model_path: str | Path, names: Sequence[str], images_desc: dict, b
     """Identifies a calibration: the FP32 graph, the tensors, which images and how they were preprocessed."""
     h = hashlib.sha256()
     h.update(Path(model_path).read_bytes())
-    h.update(json.dumps({"names": list(names), "images": images_desc, "bins": bins}, sort_keys=True).encode())
+    h.update(json.dumps({"names": list(names), "images": images_desc, "bins": bins, "samples": MAX_SAMPLES},
+                        sort_keys=True).encode())
     return h.hexdigest()
