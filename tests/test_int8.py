@@ -206,7 +206,7 @@ def test_gate_marks_a_model_that_cannot_meet_the_target(fragile, tmp_path):
     assert int8_gate({"quantization": {**q, "target": {**q["target"], "met": True}}}) is None
 
 
-def test_cpu_twin_computes_what_the_tensorrt_graph_computes(fragile, tmp_path):
+def test_cpu_twin_is_close_to_the_tensorrt_graph_and_fully_quantized(fragile, tmp_path):
     import onnxruntime as ort
 
     _build(fragile, tmp_path, target_drop=None, sensitivity=False)
@@ -219,9 +219,17 @@ def test_cpu_twin_computes_what_the_tensorrt_graph_computes(fragile, tmp_path):
     assert w_zps and all(z.dtype == np.int8 for z in w_zps)
     a = ort.InferenceSession(str(tmp_path / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(str(tmp_path / "model_int8_cpu.onnx"), providers=["CPUExecutionProvider"])
+    # every quantized conv's output is quantized too (ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv)
+    cons = {}
+    for n in g.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    convs = [n for n in g.node if n.op_type == "Conv" and n.name != "/cls/Conv"]
+    assert convs and all(any(u.op_type == "QuantizeLinear" for u in cons[c.output[0]]) for c in convs)
     for x in list(_calib())[:3]:
         ya, yb = a.run(None, {"input": x})[0], b.run(None, {"input": x})[0]
-        assert np.abs(ya - yb).max() <= 1e-3 * max(1.0, np.abs(ya).max())
+        assert np.mean(ya.argmax(1) == yb.argmax(1)) > 0.95  # one more rounding per conv output, no more
+        assert np.abs(ya - yb).mean() <= 0.05 * np.abs(ya).mean()
 
 
 def test_cpu_variant_refuses_asymmetric_input(fragile, tmp_path):

@@ -127,7 +127,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
                   nodes_to_exclude: Sequence[str] | None = None, workspace_gb: float | None = None,
                   preprocess: str | None = None, progress: bool = True,
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool = True,
-                  int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 16,
+                  int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
                   threads: int | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 

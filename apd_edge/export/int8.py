@@ -143,7 +143,7 @@ def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
 
 def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Callable[[], Iterable[np.ndarray]],
                calib_desc: dict, ev: EvalSet, method: str = "auto", target_drop: float | None = DEFAULT_TARGET_DROP,
-               sensitivity: bool = True, sensitivity_images: int = 16, max_float: float = DEFAULT_MAX_FLOAT,
+               sensitivity: bool = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
                nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999, threads: int | None = None,
                cpu_variant: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
     """Write ``model_int8.onnx`` (+ ``model_int8_cpu.onnx``) into ``out_dir``; returns the manifest section.
@@ -286,7 +286,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         qdq_report = assert_qdq_conformance(dst, classifier=cls_nodes[:1] or None)
         cpu = None
         if cpu_variant:
-            cpu = to_cpu_variant(dst, out_dir / INT8_CPU_FILE)
+            cpu = to_cpu_variant(dst, out_dir / INT8_CPU_FILE, output_ranges=ranges)
             twin = scorer.score(out_dir / INT8_CPU_FILE, sens_idx[:4] or [0])
             same = scorer.score(dst, sens_idx[:4] or [0])
             cpu["disagreement_vs_fp32"] = twin["disagreement"]

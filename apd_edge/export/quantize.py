@@ -188,18 +188,59 @@ def _prune(g: onnx.GraphProto) -> None:
     g.initializer.extend(keep_i)
 
 
-def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path) -> dict:
-    """The same Q/DQ graph with uint8 activations (zero point 128) and int8 weights, for ONNX Runtime's CPU.
+def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
+                   output_ranges: dict[str, float] | None = None) -> dict:
+    """The Q/DQ graph rewritten for ONNX Runtime's CPU kernels; TensorRT keeps the original.
 
-    Symmetric int8 activations with zero point 0 and uint8 with zero point 128 at the same scale represent
-    exactly the same values, so this graph computes what the TensorRT graph computes; ONNX Runtime's CPU
-    kernels (VNNI/AMX u8s8 dot products) run it much faster than s8s8. Weight Q/DQ (constant inputs)
-    stay int8.
+    Two changes, both for ONNX Runtime's QDQ fusions (a ``DQ -> Conv -> Q`` chain becomes one QLinearConv
+    running VNNI/AMX u8s8 dot products; a Conv without a Q after it runs in float behind its DQs, slower
+    than plain FP32):
+
+    * activations become uint8 with zero point 128 at the same scale: exactly the values of symmetric int8
+      with zero point 0, so this alone changes nothing numerically;
+    * every quantized Conv/ConvTranspose whose output is not already quantized gets a Q/DQ pair on its
+      output, scaled from ``output_ranges`` (the calibrated |x| range of that tensor). This adds one
+      rounding per such conv, so the twin's accuracy is measured on its own (the bundle's parity table).
+
+    Weight Q/DQ (constant inputs) stay int8.
     """
     m = qdq if isinstance(qdq, onnx.ModelProto) else onnx.load(str(qdq))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    prod = _producers(g)
+    prod, cons = _producers(g), _consumers(g)
+    added = 0
+    if output_ranges:
+        zp0 = "apd_cpu_zero_point_s8"
+        g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zp0))
+        new_nodes: list[tuple[int, list[onnx.NodeProto]]] = []
+        for idx, n in enumerate(g.node):
+            if n.op_type not in ("Conv", "ConvTranspose"):
+                continue
+            if not any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in n.input[:2]):
+                continue  # a float conv (classifier, mixed precision): leave it float
+            out = n.output[0]
+            users = cons.get(out, [])
+            if not users or any(u.op_type == "QuantizeLinear" for u in users) or out not in output_ranges:
+                continue
+            if out in {o.name for o in g.output}:
+                continue
+            scale = np.array(max(float(output_ranges[out]), 1e-8) / 127.0, np.float32)
+            sname = f"{out}_cpu_scale"
+            g.initializer.append(numpy_helper.from_array(scale, sname))
+            q = onnx.helper.make_node("QuantizeLinear", [out, sname, zp0], [f"{out}_cpu_q"], name=f"{out}_cpu_Q")
+            dq = onnx.helper.make_node("DequantizeLinear", [f"{out}_cpu_q", sname, zp0], [f"{out}_cpu_dq"],
+                                       name=f"{out}_cpu_DQ")
+            for u in users:
+                for k, i in enumerate(u.input):
+                    if i == out:
+                        u.input[k] = f"{out}_cpu_dq"
+            new_nodes.append((idx, [q, dq]))
+            added += 1
+        for idx, nodes in reversed(new_nodes):  # keep the graph topologically sorted
+            for k, node in enumerate(nodes):
+                g.node.insert(idx + 1 + k, node)
+        inits = {i.name: i for i in g.initializer}
+        prod = _producers(g)
     changed: dict[str, str] = {}  # old zero-point name -> new uint8 one
     n_act = 0
     for n in g.node:
@@ -227,8 +268,10 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path) -> d
     keep = [vi for vi in g.value_info if vi.name not in q_out]
     del g.value_info[:]
     g.value_info.extend(keep)
+    _prune(g)
     onnx.save(m, str(out_path))
-    return {"activation_qdq_nodes": n_act, "activation_type": "uint8 (zero point 128)", "weight_type": "int8"}
+    return {"activation_qdq_nodes": n_act, "activation_type": "uint8 (zero point 128)", "weight_type": "int8",
+            "conv_outputs_quantized": added}
 
 
 # ---------------------------------------------------------------------------------------------------
