@@ -300,3 +300,28 @@ def test_check_qdq_convtranspose_axis(tmp_path):
     axis.i = 0  # the wrong axis: in-channels
     problems = check_qdq(m)["problems"]
     assert any("ConvTranspose" in p or "axis 0" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------------------------------------
+# the runtime and bench side of the gate and the CPU twin
+# ------------------------------------------------------------------------------------------------
+def test_find_file_prefers_the_cpu_twin_only_when_asked():
+    from apd_edge.runtime.manifest import find_file
+
+    m = {"name": "b", "files": [{"path": "model_int8.onnx", "format": "onnx", "precision": "int8"},
+                                {"path": "model_int8_cpu.onnx", "format": "onnx", "precision": "int8", "variant": "cpu"}]}
+    assert find_file(m, "onnx", "int8")["path"] == "model_int8.onnx"  # what TensorRT builds from
+    assert find_file(m, "onnx", "int8", variant="cpu")["path"] == "model_int8_cpu.onnx"
+    m["files"].pop()
+    assert find_file(m, "onnx", "int8", variant="cpu")["path"] == "model_int8.onnx"  # older bundles
+
+
+def test_bench_table_marks_int8_below_target():
+    from apd_edge.bench.report import Row, format_table
+
+    ok = Row(model="m", artifact="b", backend="ort", precision="int8", compute_p50=1.0)
+    bad = Row(model="m", artifact="b", backend="ort", precision="int8", compute_p50=1.0,
+              warning="INT8 missed its accuracy target: mIoU drop 2.00 > 0.5 points against FP32")
+    table = format_table([ok, bad])
+    lines = table.splitlines()
+    assert "int8 (!)" in lines[3] and "int8 (!)" not in lines[2]
