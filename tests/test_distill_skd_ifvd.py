@@ -338,3 +338,60 @@ def test_recipe_options_and_method_defaults():
     with pytest.raises(RecipeError, match=r"distill.ifvd.holistic.optimizer"):
         recipe_from_dict({"distill": {"ifvd": {"holistic": {"optimizer": "rmsprop"}}}})
     assert isinstance(tiny("skd"), SKDDistiller) and isinstance(tiny("ifvd"), IFVDDistiller)
+
+
+# -------------------------------------------------------------------------------- through the engine
+@pytest.mark.slow
+def test_engine_resume_with_the_critic_matches_an_uninterrupted_run(tmp_path):
+    """`distill` with skd: interrupted after its step-3 checkpoint and resumed == one uninterrupted run."""
+    import json
+
+    from apd_edge.engine.trainer import train
+    from apd_edge.models import build_model
+
+    tiny_kw = {"alpha2": 1, "alpha3": 1}
+    torch.manual_seed(0)
+    teacher_path = tmp_path / "teacher.pt"
+    torch.save(build_model("espnet", 10, **tiny_kw).state_dict(), teacher_path)
+
+    def rec(name):
+        return recipe_from_dict({
+            "name": name, "seed": 5, "output_dir": str(tmp_path / "runs"),
+            "model": {"name": "espnet", "kwargs": tiny_kw},
+            "teacher": {"name": "espnet", "checkpoint": str(teacher_path), "kwargs": tiny_kw},
+            "data": {"dataset": "synthetic", "workers": 0, "options": {"num_train": 8, "num_val": 2, "size": [64, 64]},
+                     "augment": {"scale": [0.75, 1.25]}},
+            "train": {"iterations": 6, "batch_size": 2, "crop": [64, 64], "lr": 0.01, "log_interval": 1,
+                      "eval_interval": 6, "ckpt_interval": 3, "device": "cpu", "sync_bn": False},
+            "distill": {"method": "skd", "skd": {"holistic": {"channels": 4}}},
+            "eval": {"batch_size": 2},
+        })
+
+    ref = train(rec("ref"), distill=True, progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_4(step):
+        if step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(rec("cut"), distill=True, progress=False, on_step=stop_at_4)
+    cut = train(rec("cut"), resume=True, distill=True, progress=False)
+    a, b = (torch.load(r / "last.pt", weights_only=True) for r in (cut, ref))
+    assert a["step"] == b["step"] == 6 and a["method"] == "skd"
+    assert b["distiller_extra"]["critic_steps"] == 6
+    assert not any("critic" in k for k in b["model"])  # the student's state (what export sees) has no critic
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in b["distiller_extra"]["critic"].items():
+        assert torch.equal(a["distiller_extra"]["critic"][k], v), k
+    for k, v in b["distiller_extra"]["critic_optimizer"]["state"].items():
+        assert torch.equal(a["distiller_extra"]["critic_optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+
+    def losses(run):
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["loss"], r["adv_d"]) for r in recs if r["type"] == "train"]
+
+    assert losses(cut) == pytest.approx(losses(ref), rel=1e-6)
