@@ -395,3 +395,36 @@ def test_engine_resume_with_the_critic_matches_an_uninterrupted_run(tmp_path):
         return [(r["loss"], r["adv_d"]) for r in recs if r["type"] == "train"]
 
     assert losses(cut) == pytest.approx(losses(ref), rel=1e-6)
+
+
+def test_cli_distill_with_ifvd_and_export_has_no_critic(tmp_path):
+    """`apd-edge distill RECIPE --set distill.method=ifvd`: the normal path; the student checkpoint is critic-free."""
+    import yaml
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+    from apd_edge.engine import checkpoint as ckpt_mod
+    from apd_edge.models import build_model
+
+    tiny_kw = {"alpha2": 1, "alpha3": 1}
+    teacher_path = tmp_path / "teacher.pt"
+    torch.save(build_model("espnet", 10, **tiny_kw).state_dict(), teacher_path)
+    rec = {"name": "ifvd_run", "output_dir": str(tmp_path / "runs"), "model": {"name": "espnet", "kwargs": tiny_kw},
+           "teacher": {"name": "espnet", "checkpoint": str(teacher_path), "kwargs": tiny_kw},
+           "data": {"dataset": "synthetic", "workers": 0, "options": {"num_train": 4, "num_val": 2, "size": [64, 64]}},
+           "train": {"iterations": 2, "batch_size": 2, "crop": [64, 64], "log_interval": 1, "eval_interval": 2,
+                     "ckpt_interval": 2, "device": "cpu", "sync_bn": False},
+           "distill": {"method": "apd"}, "eval": {"batch_size": 2}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    res = CliRunner().invoke(cli, ["distill", str(path), "--set", "distill.method=ifvd",
+                                   "--set", "distill.ifvd.holistic.channels=4", "--quiet"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "ifvd_run"
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["method"] == "ifvd" and last["distiller_extra"]["critic_steps"] == 2
+    assert any(k.startswith("critic.") for k in last["distiller"])
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert "distiller_extra" not in best and not any("critic" in k for k in best["model"])
+    model, _ = ckpt_mod.model_from_checkpoint(run)  # what export loads: the student alone
+    assert not any("critic" in k for k in model.state_dict())
