@@ -142,12 +142,59 @@ class CWDConfig:
 
 
 @dataclass
+class HolisticConfig:
+    """SKD's holistic term (also IFVD's): a WGAN-GP critic on score maps with its own optimizer, one critic
+    step per student step. Defaults: SKD's release (docs/distillation-baselines.md)."""
+
+    enabled: bool = True
+    weight: float = field(default=0.1, metadata=_rng(0.0, None))  # student term: weight * -mean D(student)
+    critic_weight: float = field(default=0.1, metadata=_rng(0.0, None, lo_open=True))  # scales the critic's loss
+    gp_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # gradient penalty
+    with_image: bool = True  # condition the critic on the image (paper); false = score map only (releases)
+    channels: int = field(default=64, metadata=_rng(1, None))  # the critic's first conv width
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = field(default=4e-4, metadata=_rng(0.0, None, lo_open=True))  # poly-decayed like the student's
+    momentum: float = field(default=0.9, metadata=_rng(0.0, 1.0))  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # adam
+    weight_decay: float = field(default=5e-4, metadata=_rng(0.0, None))
+
+
+@dataclass
+class IFVDHolisticConfig(HolisticConfig):
+    """IFVD's release of the same term: student weight 0.001, Adam (0.9, 0.99), no weight decay."""
+
+    weight: float = field(default=0.001, metadata=_rng(0.0, None))
+    optimizer: Literal["sgd", "adam"] = "adam"
+    weight_decay: float = field(default=0.0, metadata=_rng(0.0, None))
+
+
+@dataclass
+class SKDConfig:
+    """Structured KD (Liu et al.): pixel-wise KL, pair-wise similarity on pooled features, holistic term."""
+
+    pi_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # per-pixel KL (summed over classes)
+    pa_weight: float = field(default=0.5, metadata=_rng(0.0, None))  # pair-wise similarity distillation
+    pair_pool_scale: float = field(default=0.5, metadata=_rng(0.0, 1.0, lo_open=True))  # node = this share of h, w
+    holistic: HolisticConfig = field(default_factory=HolisticConfig)
+
+
+@dataclass
+class IFVDConfig:
+    """Intra-class feature variation distillation (Wang et al.); pixel KD uses distill.kd_weight."""
+
+    ifv_weight: float = field(default=200.0, metadata=_rng(0.0, None))
+    holistic: IFVDHolisticConfig = field(default_factory=IFVDHolisticConfig)
+
+
+@dataclass
 class DistillConfig:
-    method: Literal["apd", "kd", "cwd", "none"] = "apd"
+    method: Literal["apd", "kd", "cwd", "skd", "ifvd", "none"] = "apd"
     kd_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # pixel-wise KD on logits
     kd_temperature: float = field(default=1.0, metadata=_rng(0.0, None, lo_open=True))
     apd: APDConfig = field(default_factory=APDConfig)
     cwd: CWDConfig = field(default_factory=CWDConfig)
+    skd: SKDConfig = field(default_factory=SKDConfig)
+    ifvd: IFVDConfig = field(default_factory=IFVDConfig)
 
 
 @dataclass
@@ -313,6 +360,8 @@ def _cross_check(r: Recipe) -> None:
     pair("eval.sliding_stride", r.eval.sliding_stride)
     pair("data.augment.scale", r.data.augment.scale)
     pair("distill.apd.teacher_proj_betas", r.distill.apd.teacher_proj_betas)
+    pair("distill.skd.holistic.betas", r.distill.skd.holistic.betas)
+    pair("distill.ifvd.holistic.betas", r.distill.ifvd.holistic.betas)
     for key, v in (("data.mean", r.data.mean), ("data.std", r.data.std)):
         if len(v) != 3:
             raise RecipeError(f"{key}: expected three values (R, G, B), got {v}")

@@ -1,11 +1,13 @@
-"""Must-show: median training-step time of the ``none``, ``kd``, ``cwd`` and ``apd`` distillers.
+"""Must-show: median training-step time of the ``none``, ``kd``, ``cwd``, ``apd``, ``skd`` and ``ifvd`` distillers.
 
 For each student, one step = distiller forward (teacher forward under no_grad, APD's inner g_t step
 included) + backward + SGD step, at the CamVid crop. Methods run round-robin (rotating the start) so
 machine noise hits all alike; the first ``--warmup`` rounds are dropped. Also times APD's loss terms
 alone (projectors, prototypes, KL, alignment, g_t step; forward + backward) as a vectorisation check.
-Target: ``apd`` within 1.15x of ``kd``. Usage:
-    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 352x480] [--batch 2] [--iters 5]
+Target: ``apd`` within 1.15x of ``kd``. ``skd`` and ``ifvd`` run with their holistic term (critic step
+included) and without it (``skd-nohol``, ``ifvd-nohol``); every method's step time is also given as a
+ratio to ``kd``, all measured in one run. Usage:
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 352x480] [--batch 2] [--iters 5] [--methods ...]
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from apd_edge.distill.kd import pixel_kd_loss
 from apd_edge.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("none", "kd", "cwd", "apd")
+ALL_METHODS = ("none", "kd", "cwd", "apd", "skd", "skd-nohol", "ifvd", "ifvd-nohol")
+METHODS = ALL_METHODS  # the ones timed in this run (--methods)
+
+
+def method_recipe(method: str, student: str) -> dict:
+    """``skd-nohol`` = skd with ``distill.skd.holistic.enabled: false`` (likewise ifvd)."""
+    base, _, variant = method.partition("-")
+    distill: dict = {"method": base}
+    if variant == "nohol":
+        distill[base] = {"holistic": {"enabled": False}}
+    return {"distill": distill, "model": {"name": student}}
 TARGET = 1.15
 
 
@@ -102,7 +114,7 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
     images, labels = fake_batch(args.batch, size, args.classes, device)
     runs = {}
     for m in METHODS:
-        recipe = recipe_from_dict({"distill": {"method": m}, "model": {"name": name}})
+        recipe = recipe_from_dict(method_recipe(m, name))
         d = build_distiller(student, teacher if m != "none" else None, recipe).to(device).train()
         opt = torch.optim.SGD(d.param_groups(1e-4, 10.0), lr=1e-4, momentum=0.9)
         runs[m] = (d, opt)
@@ -121,11 +133,13 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
         res.update({"median_s": med, "all_s": times,
                     "terms_s": time_terms(runs["apd"][0], images, labels, device, args.iters, 1),
                     "ratio_to_none": {m: med[m] / med["none"] for m in METHODS},
+                    "ratio_to_kd": {m: med[m] / med["kd"] for m in METHODS},
                     "apd_over_kd": med["apd"] / med["kd"]})
     if args.flops:
         flops = {m: count_flops(*runs[m], images, labels) for m in METHODS}
         res.update({"gflops": {m: v / 1e9 for m, v in flops.items()},
-                    "flops_apd_over_kd": flops["apd"] / flops["kd"]})
+                    "flops_apd_over_kd": flops["apd"] / flops["kd"],
+                    "flops_ratio_to_kd": {m: flops[m] / flops["kd"] for m in METHODS}})
     return res
 
 
@@ -143,6 +157,8 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="wall: perf_counter; process: this process's CPU time (use with --threads 1 on a busy machine)")
     ap.add_argument("--flops", action="store_true", help="also count matmul/conv FLOPs of one step per method")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS),
+                    help="comma-separated subset of " + ",".join(ALL_METHODS) + " (none, kd and apd are always timed)")
     ap.add_argument("--verbose", action="store_true", help="print every timed round")
     ap.add_argument("--merge", action="store_true", help="add these students to an existing --out file")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_step.json"))
@@ -153,7 +169,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    global CLOCK
+    global CLOCK, METHODS
+    chosen = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(chosen) - set(ALL_METHODS))
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(ALL_METHODS)})")
+    METHODS = tuple(m for m in ALL_METHODS if m in chosen or m in ("none", "kd", "apd"))
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
 
     teacher = build_model(args.teacher, args.classes).to(device)
@@ -166,7 +187,7 @@ def main() -> None:
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "merge", "verbose")),
               "teacher": args.teacher, "size": list(size), "batch": args.batch, "classes": args.classes,
               "iters": args.iters, "warmup": args.warmup, "device": str(device), "clock": args.clock,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "methods": list(METHODS),
               "machine": platform.processor() or platform.machine(), "target_apd_over_kd": TARGET,
               "students": results}
     out = Path(args.out)
@@ -192,19 +213,25 @@ def main() -> None:
     if not args.iters:
         print(f"wrote {out}")
         return
+    core = [m for m in ("none", "kd", "cwd", "apd") if m in METHODS]
     print(f"\nmedian train step, {args.batch}x3x{size[0]}x{size[1]}, teacher {args.teacher}, {device}, "
           f"{torch.get_num_threads()} threads, {args.iters} rounds")
-    head = f"{'student':<12}" + "".join(f"{m + ' ms':>10}" for m in METHODS) + "".join(
-        f"{m + '/none':>10}" for m in METHODS[1:]) + f"{'apd/kd':>8}{'terms ms':>10}{'kd ms':>8}  verdict"
+    head = f"{'student':<12}" + "".join(f"{m + ' ms':>10}" for m in core) + "".join(
+        f"{m + '/none':>10}" for m in core[1:]) + f"{'apd/kd':>8}{'terms ms':>10}{'kd ms':>8}  verdict"
     print(head)
     for name, r in results.items():
         if "median_s" not in r:
             continue
         med, ratio = r["median_s"], r["ratio_to_none"]
         verdict = "ok" if r["apd_over_kd"] <= TARGET else f"over {TARGET}x"
-        print(f"{name:<12}" + "".join(f"{med[m] * 1e3:>10.0f}" for m in METHODS)
-              + "".join(f"{ratio[m]:>10.2f}" for m in METHODS[1:])
+        print(f"{name:<12}" + "".join(f"{med[m] * 1e3:>10.0f}" for m in core)
+              + "".join(f"{ratio[m]:>10.2f}" for m in core[1:])
               + f"{r['apd_over_kd']:>8.3f}{r['terms_s']['apd_terms'] * 1e3:>10.1f}{r['terms_s']['kd_term'] * 1e3:>8.1f}  {verdict}")
+    print("\nevery method: median step and its ratio to kd's (same run; -nohol = holistic term off)")
+    print(f"{'student':<12}{'method':<12}{'ms':>8}{'/kd':>8}")
+    for name, r in results.items():
+        for m in r.get("ratio_to_kd", {}):
+            print(f"{name:<12}{m:<12}{r['median_s'][m] * 1e3:>8.0f}{r['ratio_to_kd'][m]:>8.2f}")
     print(f"wrote {out}")
 
 

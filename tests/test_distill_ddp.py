@@ -101,3 +101,58 @@ def test_apd_under_ddp_two_gloo_processes(tmp_path):
     for a, b in ((d0, d1), (r0["d2"], r1["d2"])):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
+# SKD and IFVD: the critic is held outside DDP, broadcast from rank 0 and stepped on averaged gradients
+def _baseline_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from apd_edge.config import recipe_from_dict
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        saved = {}
+        for method, wrap in (("skd", "student"), ("ifvd", "student"), ("skd", "distiller")):
+            r = recipe_from_dict({"distill": {"method": method, method: {"holistic": {"channels": 4}}},
+                                  "model": {"aux_weights": []}, "train": {"iterations": 10}})
+            torch.manual_seed(0)
+            d = build_distiller(TinySeg(C, 4), TinySeg(C, 6), r).train()
+            with torch.no_grad():  # a different critic on rank 1: the first critic step must broadcast rank 0's
+                for p in d.holistic.critic.parameters():
+                    p.add_(0.1 * rank)
+            opt = torch.optim.SGD(d.param_groups(0.05, 10.0), lr=0.05)
+            if wrap == "student":  # the engine's layout
+                d.student = torch.nn.parallel.DistributedDataParallel(d.student)
+                model = d
+            else:
+                model = torch.nn.parallel.DistributedDataParallel(d)
+            gen = torch.Generator().manual_seed(300 + rank)
+            for i in range(3):
+                images = torch.randn(2, 3, 16, 16, generator=gen)
+                labels = torch.randint(0, C, (2, 16, 16), generator=gen)
+                if rank == 1 and i == 0:
+                    labels.fill_(255)  # a rank without any labelled pixel
+                out = model(images, labels)
+                assert torch.isfinite(out.total) and {"adv_d", "adv_g"} <= set(out.parts)
+                opt.zero_grad()
+                out.total.backward()
+                opt.step()
+            saved[f"{method}_{wrap}"] = {"state": {k.replace("student.module.", "student."): v
+                                                   for k, v in d.state_dict().items()},
+                                         "steps": d.holistic.steps}
+        torch.save(saved, f"{out_dir}/baselines_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_skd_and_ifvd_under_ddp_two_gloo_processes(tmp_path):
+    mp.spawn(_baseline_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"baselines_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert set(r0) == {"skd_student", "ifvd_student", "skd_distiller"}
+    for run in r0:
+        a, b = r0[run]["state"], r1[run]["state"]
+        assert r0[run]["steps"] == r1[run]["steps"] == 3
+        assert any(k.startswith("critic.") for k in a) and any(k.startswith("student.") for k in a)
+        for k in a:  # student, critic weights and spectral-norm vectors: identical on both ranks
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k, run=run: f"{run} {k}: {m}")

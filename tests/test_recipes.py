@@ -13,7 +13,10 @@ from apd_edge.models.registry import MODEL_ROLES, list_models
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
 EXPECTED = {"bisenet_cityscapes", "espnet_cityscapes", "mobilenetv2_cityscapes", "bisenet_camvid", "espnet_camvid",
-            "mobilenetv2_camvid", "pspnet_r101_cityscapes", "pspnet_r50_camvid", "quickstart", "quickstart_teacher"}
+            "mobilenetv2_camvid", "pspnet_r101_cityscapes", "pspnet_r50_camvid", "quickstart", "quickstart_teacher",
+            "pspnet_r101_ade20k", "bisenet_ade20k", "espnet_ade20k", "mobilenetv2_ade20k",
+            "pspnet_r101_pascal_context", "bisenet_pascal_context", "espnet_pascal_context",
+            "mobilenetv2_pascal_context"}
 
 
 def test_expected_recipes_are_shipped() -> None:
@@ -96,3 +99,37 @@ def test_validate_names_rejects_misspelt_dataset() -> None:
 def test_recipes_are_plain_yaml_mappings() -> None:
     for p in SHIPPED:
         assert isinstance(yaml.safe_load(p.read_text()), dict)
+
+
+@pytest.mark.parametrize("dataset,classes", [("ade20k", 150), ("pascal_context", 59)])
+def test_ade20k_and_pascal_context_recipes_follow_published_settings(dataset: str, classes: int) -> None:
+    from apd_edge.data import ade20k, pascal_context
+
+    names = {"ade20k": ade20k.ADE20K_CLASSES, "pascal_context": pascal_context.CONTEXT59_CLASSES}[dataset]
+    assert len(names) == classes
+    stems = [f"pspnet_r101_{dataset}"] + [f"{s}_{dataset}" for s in ("bisenet", "espnet", "mobilenetv2")]
+    for stem in stems:
+        r = load_recipe(RECIPES / f"{stem}.yaml")
+        assert r.data.dataset == dataset and r.train.crop == [512, 512] and r.data.num_classes is None
+        assert r.data.augment.scale == [0.5, 2.0]
+    t = load_recipe(RECIPES / f"pspnet_r101_{dataset}.yaml")
+    assert (t.train.lr, t.train.batch_size, t.model.aux_weights) == (
+        {"ade20k": 0.01, "pascal_context": 0.004}[dataset], 16, [0.4])
+    for stem in stems[1:]:  # students: APD with its released weights, 100 epochs at batch 16
+        r = load_recipe(RECIPES / f"{stem}.yaml")
+        assert r.distill.method == "apd" and r.distill.kd_weight == 10.0 and r.distill.apd.pk_weight == 10.0
+        epochs = r.train.iterations * r.train.batch_size / {"ade20k": 20210, "pascal_context": 4998}[dataset]
+        assert 99 <= epochs <= 101
+        for method in ("skd", "ifvd"):  # the paper's comparison runs from the same recipe
+            assert load_recipe(RECIPES / f"{stem}.yaml", [f"distill.method={method}"]).distill.method == method
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_recipe_check_command_passes(path: Path) -> None:
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["recipe", "check", str(path)])
+    assert res.exit_code == 0, res.output
+    assert f"{path}: valid" in res.output

@@ -171,7 +171,7 @@ class NoDistill(Distiller):
 
 def build_distiller(student: nn.Module, teacher: nn.Module | None, recipe: Recipe) -> Distiller:
     """Build the distiller that the recipe's ``distill.method`` names."""
-    from . import apd, cwd, kd  # noqa: F401  (registration)
+    from . import apd, cwd, ifvd, kd, skd  # noqa: F401  (registration)
 
     cls = DISTILLERS.get(recipe.distill.method)
     if cls.uses_teacher and teacher is None:
