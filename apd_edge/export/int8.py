@@ -145,13 +145,16 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
                calib_desc: dict, ev: EvalSet, method: str = "auto", target_drop: float | None = DEFAULT_TARGET_DROP,
                sensitivity: bool = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
                nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999, threads: int | None = None,
-               cpu_variant: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
+               cpu_variant: bool = True, range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None,
+               log: Callable[[str], None] = lambda s: None) -> dict:
     """Write ``model_int8.onnx`` (+ ``model_int8_cpu.onnx``) into ``out_dir``; returns the manifest section.
 
     ``calib_inputs`` is called (at most once) for a fresh iterator of preprocessed calibration inputs;
     ``calib_desc`` identifies them in the cache key. ``method`` is one of ``calibrate.CALIB_METHODS`` or
     ``auto`` (each is tried, the lowest measured error wins). ``target_drop`` is the largest mIoU drop (points)
     against the FP32 ONNX that plain INT8 may have before groups are kept in float (None: no mixed precision).
+    ``range_overrides(prepared graph) -> {tensor: amax}`` replaces calibrated ranges (a QAT checkpoint's
+    frozen activation ranges) whatever the method.
     """
     if method != "auto" and method not in CALIB_METHODS:
         raise ApdError(f"unknown calibration method {method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
@@ -183,6 +186,12 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
             log(f"calibrating INT8: cached histograms of {coll.images} images ({CALIB_CACHE})")
         calib_s = time.perf_counter() - t0
 
+        known = set(names)
+        overrides = {k: float(v) for k, v in (range_overrides(pre) if range_overrides else {}).items() if k in known}
+
+        def ranges_for(m: str) -> dict[str, float]:
+            return {**coll.ranges(m, percentile), **overrides}
+
         cls_nodes = classifier_nodes(pre)
         base_excl = list(dict.fromkeys(list(nodes_to_exclude) + cls_nodes))
         for n in nodes_to_exclude:
@@ -205,12 +214,12 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         methods = list(CALIB_METHODS) if method == "auto" else [method]
         method_scores = {}
         for m in methods:
-            p = make(coll.ranges(m, percentile), base_excl, tmp / f"q_{m}.onnx")
+            p = make(ranges_for(m), base_excl, tmp / f"q_{m}.onnx")
             method_scores[m] = scorer.score(p, sens_idx)
             log(f"  {m:<10} disagreement {method_scores[m]['disagreement']:.3f}% "
                 f"rel. logit RMSE {method_scores[m]['rel_rmse']:.4f}")
         chosen = min(methods, key=lambda m: _error(method_scores[m]))
-        ranges = coll.ranges(chosen, percentile)
+        ranges = ranges_for(chosen)
         full_path = tmp / f"q_{chosen}.onnx"
         full_model = onnx.load(str(full_path))
         full = scorer.score(full_path)
@@ -299,6 +308,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         "method_scores": method_scores, "percentile": percentile if chosen == "percentile" else None,
         "calib_images": coll.images, "calibration_cache": CALIB_CACHE, "calibration_cache_hit": cache_hit,
         "calibration_seconds": round(calib_s, 2), "calibrated_tensors": len(names),
+        "range_overrides": len(overrides),
         "per_channel": True, "symmetric": True, "quantize_bias": False,
         "classifier_nodes": cls_nodes, "excluded_by_user": list(nodes_to_exclude),
         "groups": len(groups), "float_nodes": floated, "float_layers": len(floated),
