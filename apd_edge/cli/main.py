@@ -16,6 +16,7 @@ from ..errors import ApdError
 
 # command name -> "module:attribute" (modules under apd_edge.cli)
 COMMANDS: dict[str, str] = {
+    "build": "apd_edge.cli.build:build",
     "data": "apd_edge.cli.data:data",
     "export": "apd_edge.cli.export:export",
     "models": "apd_edge.cli.models:models",
