@@ -43,7 +43,7 @@ class _Blocker:
             if not _probe():
                 with open(_LOG, "a") as fh:
                     fh.write(name + "\\n")
-            raise ImportError(f"{name} is blocked in this test")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked in this test)", name=name)
         return None
 
 sys.meta_path.insert(0, _Blocker())
@@ -81,7 +81,7 @@ def test_blocker_blocks_and_logs(blocked):
     res = blocked(code="import importlib.util as u\ntry:\n u.find_spec('torch')\nexcept ImportError: print('probe refused')\n"
                        "try:\n import torch\nexcept ImportError as e: print('blocked', e)")
     assert "probe refused" in res.stdout, res.stderr
-    assert "blocked torch is blocked" in res.stdout, res.stderr
+    assert "blocked No module named 'torch' (blocked in this test)" in res.stdout, res.stderr
     assert _attempts(blocked.log) == ["torch"]  # the import is logged, the find_spec probe is not
 
 
@@ -139,6 +139,11 @@ def test_device_side_commands_without_torch(blocked, bundle, tmp_path):
     attempts = _attempts(blocked.log)
     assert not [a for a in attempts if a.split(".")[0] in ("torch", "torchvision", "timm", "onnxscript")], attempts
     assert set(a.split(".")[0] for a in attempts) <= {"tensorrt", "matplotlib"}
+    # a training-side command in this install: one line naming the extra, no traceback
+    res = blocked("train", str(REPO / "recipes" / "quickstart.yaml"))
+    assert res.returncode == 2 and res.stderr.strip() == (
+        'error: `apd-edge train` needs torch, which this install lacks: pip install "apd-edge[train]" '
+        "(deployment commands: build, bench, demo on bundles)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def _available_file(art: Artifact, backend: str, precision: str) -> str | None:
     have = [f["precision"] for f in art.manifest.get("files", []) if f.get("format") == fmt]
     if precision not in have:
         what = "TensorRT engine" if fmt == "engine" else "ONNX model"
-        hint = " (export with --trt on the target GPU)" if fmt == "engine" else ""
+        hint = f" (build them on the target GPU: apd-edge build {art.bundle})" if fmt == "engine" else ""
         return f"bundle has no {precision} {what}{hint}; has: {', '.join(have) or 'none'}"
     return None
 

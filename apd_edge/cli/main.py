@@ -30,6 +30,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# packages only the `train` extra installs; a command that needs one says so in one line
+TRAIN_ONLY = {"torch", "torchvision", "timm", "onnx", "onnxscript"}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -53,6 +57,13 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except ApdError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as exc:  # a torch-free (deployment) install running a training-side command
+            if (exc.name or "").split(".")[0] not in TRAIN_ONLY:
+                raise
+            cmd = ctx.invoked_subcommand or (ctx.protected_args[:1] or ["this command"])[0]
+            click.echo(f"error: `apd-edge {cmd}` needs {exc.name}, which this install lacks: "
+                       "pip install \"apd-edge[train]\" (deployment commands: build, bench, demo on bundles)", err=True)
             ctx.exit(2)
 
 
