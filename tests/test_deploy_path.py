@@ -212,8 +212,11 @@ def test_build_refusals(bundle, tmp_path):
     (b / "model_int8.onnx").write_bytes(b"not the model")
     with pytest.raises(ApdError, match="does not match the manifest"):
         build_bundle(b, ["int8"], dry_run=True)
+    (tmp_path / "x.pt").write_bytes(b"")
     with pytest.raises(ApdError, match="is a checkpoint: export it first"):
-        check_bundle(tmp_path / "x.pt") if (tmp_path / "x.pt").write_bytes(b"") is not None else None
+        check_bundle(tmp_path / "x.pt")
+    with pytest.raises(ApdError, match="not an apd-edge bundle"):
+        check_bundle(tmp_path)
     plans = build_bundle(bundle, ["fp32"], dry_run=True, trt_version="11.4.0", log=lambda s: None)
     assert [e["engine"] for e in plans["11.4.0"]] == ["model_fp32.engine"]
 
@@ -253,3 +256,24 @@ def test_manifest_model_mismatch_refused(bundle, tmp_path, edit, msg):
     cv2.imwrite(str(frames / "a.png"), np.zeros((64, 96, 3), np.uint8))
     with pytest.raises(ApdError, match=msg):  # the demo refuses before drawing a wrong legend
         run_demo(b, str(frames), max_frames=1, echo=lambda s: None)
+
+
+def test_cli_build_and_export_on_a_bundle(bundle):
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["build", str(bundle), "--dry-run", "--precisions", "fp32,int8",
+                                   "--trt-version", "10.3.0", "--max-batch", "2"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[:3] == [
+        "TensorRT 10.3.0:",
+        "  model_fp32.engine          <- model.onnx         plain                        profile min/opt/max "
+        "input 1x3x64x96 / 1x3x64x96 / 1x3x64x96",
+        "  model_fp32_trtfp16.engine  <- model.onnx         plain + BuilderFlag.FP16     profile min/opt/max "
+        "input 1x3x64x96 / 1x3x64x96 / 1x3x64x96"]
+    bad = CliRunner().invoke(cli, ["build", str(bundle), "--dry-run", "--precisions", "int4"])
+    assert bad.exit_code == 2 and "unknown precision 'int4'" in bad.output
+    again = CliRunner().invoke(cli, ["export", str(bundle)])
+    assert again.exit_code == 2 and f"is already a bundle; build its TensorRT engines with `apd-edge build {bundle}`" \
+        in again.output

@@ -105,22 +105,23 @@ def load_samples(bundle_dir: str | Path, manifest: dict) -> tuple[np.ndarray, np
 
 
 def sample_parity(backend, samples: tuple[np.ndarray, np.ndarray], manifest: dict, reference=None) -> dict:
-    """Run ``backend`` (``infer(x, ["logits"])``) on the stored samples.
+    """Run ``backend`` (``infer(x, [logits name])``) on the stored samples.
 
     Against ``reference`` (another backend, e.g. ONNX Runtime on the same ONNX file): max / mean absolute
     logit difference and argmax agreement (%); against the stored FP32 labels: agreement (%).
     """
     images, labels = samples
+    name = next((o["name"] for o in manifest["outputs"] if o.get("kind") == "logits"), "logits")
     max_d = sum_d = 0.0
     n_vals = agree_ref = agree_fp32 = pixels = 0
     for img, lab in zip(images, labels):
         x = sample_input(img, manifest)
-        out = np.asarray(backend.infer(x, ["logits"])["logits"], np.float32)
+        out = np.asarray(backend.infer(x, [name])[name], np.float32)
         pred = np.argmax(out[0], axis=0)
         agree_fp32 += int((pred == lab).sum())
         pixels += pred.size
         if reference is not None:
-            ref = np.asarray(reference.infer(x, ["logits"])["logits"], np.float32)
+            ref = np.asarray(reference.infer(x, [name])[name], np.float32)
             d = np.abs(out - ref)
             max_d, sum_d, n_vals = max(max_d, float(d.max())), sum_d + float(d.sum()), n_vals + d.size
             agree_ref += int((pred == np.argmax(ref[0], axis=0)).sum())
