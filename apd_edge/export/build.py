@@ -24,6 +24,7 @@ from .tensorrt import TIMING_CACHE, engine_plan, profile_plan
 
 BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_MAJORS_PLANNED = ("10", "11")  # what --dry-run plans for when TensorRT is not installed
+FP32_REPRODUCE = 99.9  # % of stored FP32 labels ONNX Runtime on the device should reproduce
 
 
 def _onnx_files(manifest: dict) -> dict[str, dict]:
@@ -120,6 +121,16 @@ def build_bundle(bundle: str | Path, precisions: Sequence[str] | None = None, *,
         raise ApdError(f"need workspace_gb > 0 and max_batch >= 1 (got {workspace_gb}, {max_batch})")
     folder, manifest, precisions, sessions = check_bundle(bundle, precisions)
     samples = load_samples(folder, manifest)
+    info = None
+    if not dry_run:  # TensorRT, cuda-python, driver, GPU: one line naming the fix, before any inference
+        from ..runtime.backends.trt_check import preflight
+
+        info = preflight()
+    if samples is not None and "fp32" in sessions:  # this machine's ORT + preprocessing against the export's
+        agree = sample_parity(sessions["fp32"], samples, manifest)["agreement_fp32_labels"]
+        log(f"ONNX Runtime here reproduces {agree:.2f}% of the stored FP32 labels"
+            + ("" if agree >= FP32_REPRODUCE else f" (under {FP32_REPRODUCE}%: the ONNX Runtime or OpenCV here "
+               "differs from the export machine's; engine parity is still measured against ONNX Runtime here)"))
     if dry_run:
         versions = [trt_version] if trt_version else None
         if versions is None:
@@ -137,10 +148,8 @@ def build_bundle(bundle: str | Path, precisions: Sequence[str] | None = None, *,
             + (f"{len(samples[0])} sample images for parity" if samples else "no sample images (parity not measured)"))
         return plans
 
-    from ..runtime.backends.trt_check import preflight
     from .tensorrt import build_engine
 
-    info = preflight()
     plan = plan_engines(manifest, precisions, info["tensorrt"], max_batch)
     log(f"TensorRT {info['tensorrt']}, CUDA driver {info['driver_cuda']}, cuda-python {info['cuda_python']}")
     log(format_plan(plan, info["tensorrt"]))
