@@ -3,8 +3,9 @@
 This is the device side of deployment (``apd-edge build BUNDLE``): no checkpoint, no dataset, no torch.
 Order, so that every problem surfaces before minutes of work:
 1. the bundle: manifest, sha256 of each ONNX file, each ONNX model's I/O against the manifest, samples;
-2. the plan: which engines from which ONNX file, with which flags and optimization profile;
-3. TensorRT / cuda-python / driver / device checks (one-line errors naming the fix);
+2. TensorRT / cuda-python / driver / device checks (one-line errors naming the fix; not for ``dry_run``);
+3. ONNX Runtime here against the stored FP32 labels, and the plan: which engines from which ONNX file,
+   with which flags and optimization profile (all ``dry_run`` does);
 4. each engine: build, record its metadata, measure its parity on the bundle's sample images against
    ONNX Runtime running the ONNX file it was built from; the manifest is saved after every engine.
 """
