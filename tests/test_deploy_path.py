@@ -278,3 +278,12 @@ def test_cli_build_and_export_on_a_bundle(bundle):
     again = CliRunner().invoke(cli, ["export", str(bundle)])
     assert again.exit_code == 2 and f"is already a bundle; build its TensorRT engines with `apd-edge build {bundle}`" \
         in again.output
+
+
+def test_bench_trtfp16_precision_is_trt_only(bundle):
+    from apd_edge.bench.run import run_bench
+
+    rows = run_bench([bundle], backends=["ort"], precisions=["fp32_trtfp16"], write=False, show_table=False,
+                     echo=lambda s: None)
+    assert [(r.status, r.reason) for r in rows] == [
+        ("skipped", "fp32_trtfp16 is a TensorRT 10 engine (the FP32 graph built with the FP16 flag): --backends trt")]

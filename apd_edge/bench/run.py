@@ -29,7 +29,8 @@ from .report import Row, print_table, write_all
 from .timing import HostMemory, summarize, time_calls
 
 BACKENDS = ("ort", "trt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp32_trtfp16")
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")  # fp32_trtfp16 is an engine of the FP32 graph, not an ONNX file
 FILE_FORMAT = {"ort": "onnx", "trt": "engine"}
 
 
@@ -133,7 +134,7 @@ def _load_artifact(path: Path, opts: BenchOptions, out: Path, echo: Callable) ->
     ckpt = load_checkpoint(path)
     ckpt_file = path if path.is_file() else next(path / n for n in ("best.pt", "last.pt") if (path / n).is_file())
     art = Artifact(path, kind, _checkpoint_manifest(ckpt, opts.input_size), checkpoint=ckpt_file)
-    need = [p for p in opts.precisions if p in PRECISIONS] if any(b != "torch" for b in opts.backends) else []
+    need = [p for p in opts.precisions if p in EXPORT_PRECISIONS] if any(b != "torch" for b in opts.backends) else []
     if need:
         from ..export import export_bundle
         from ..runtime import list_backends
@@ -349,6 +350,8 @@ def measure_row(art: Artifact, backend: str, precision: str, opts: BenchOptions,
     except Exception:
         pass
     ok, why = list_backends().get(backend, (False, f"unknown backend {backend!r}"))
+    if ok and precision == "fp32_trtfp16" and backend != "trt":
+        ok, why = False, "fp32_trtfp16 is a TensorRT 10 engine (the FP32 graph built with the FP16 flag): --backends trt"
     if not ok:
         row.status, row.reason = "skipped", why
         return row
