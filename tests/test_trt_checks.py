@@ -114,6 +114,7 @@ def test_tensorrt_versions():
     assert str(e.value).startswith("TensorRT 11.4.0.106 for CUDA 13 (tensorrt-cu13) on a CUDA 12 driver")
     assert 'pip install "apd-edge[trt-cu12]"' in str(e.value)
     assert trt_cuda_major({"tensorrt_cu12_bindings", "x"}) == 12 and trt_cuda_major({"tensorrt"}) is None
+    assert trt_cuda_major({"TensorRT_CU13"}) == 13
 
 
 def test_builder_that_cannot_be_created_is_an_apd_error():

@@ -9,6 +9,7 @@ Torch-free; imports nothing heavy at module level.
 from __future__ import annotations
 
 import os
+import re
 from importlib import metadata
 from typing import Any
 
@@ -17,8 +18,9 @@ from ...errors import ApdError
 TEGRA_RELEASE = "/etc/nv_tegra_release"
 MIN_TRT_MAJOR = 10  # TensorRT 8.x (JetPack 5) lacks the strongly typed builds and the I/O tensor API we use
 # pip distributions that carry TensorRT's Python bindings, with the CUDA major they were built for
-TRT_DISTS = {"tensorrt-cu12": 12, "tensorrt_cu12_bindings": 12, "tensorrt-cu12-bindings": 12,
-             "tensorrt-cu13": 13, "tensorrt_cu13_bindings": 13, "tensorrt-cu13-bindings": 13}
+# (names normalised as pip does: lower case, "-" for "_" and ".")
+TRT_DISTS = {"tensorrt-cu12": 12, "tensorrt-cu12-bindings": 12, "tensorrt-cu12-libs": 12,
+             "tensorrt-cu13": 13, "tensorrt-cu13-bindings": 13, "tensorrt-cu13-libs": 13}
 
 
 def on_jetson(path: str = TEGRA_RELEASE) -> bool:
@@ -147,7 +149,8 @@ def check_cuda(cudart, jetson: bool | None = None) -> dict:
 
 def trt_cuda_major(dist_names: set[str]) -> int | None:
     """The CUDA major TensorRT's pip wheels were built for, from the installed distribution names."""
-    found = {TRT_DISTS[n] for n in (d.lower() for d in dist_names) if n in TRT_DISTS}
+    names = (re.sub(r"[-_.]+", "-", d).lower() for d in dist_names)
+    found = {TRT_DISTS[n] for n in names if n in TRT_DISTS}
     return max(found) if found else None
 
 
