@@ -110,6 +110,44 @@ def parse_jetson_clocks(text: str) -> dict[str, Any]:
     return {"clocks_locked": locked, "gpu_freq_hz": gpu_cur, "emc_override": emc_override}
 
 
+JETSON_GPU_DEVFREQ = ("gpu", "ga10b", "gv11b", "gp10b", "gm20b")  # devfreq names of Jetson GPUs
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def clocks_from_sysfs(root: str | Path = "/") -> dict[str, Any]:
+    """Clock lock state without root (``jetson_clocks --show`` needs it): clocks count as locked when every
+    CPU's cpufreq ``scaling_min_freq`` equals its ``scaling_max_freq`` and the GPU devfreq ``min_freq``
+    equals ``max_freq``, which is what ``jetson_clocks`` sets. ``None`` when sysfs shows no such files."""
+    root = Path(root)
+    pairs = []
+    for d in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")):
+        lo, hi = _read_int(d / "scaling_min_freq"), _read_int(d / "scaling_max_freq")
+        if lo is not None and hi is not None:
+            pairs.append((lo, hi))
+    gpu_cur = None
+    for d in sorted((root / "sys/class/devfreq").glob("*")):
+        if any(k in d.name.lower() for k in JETSON_GPU_DEVFREQ):
+            lo, hi = _read_int(d / "min_freq"), _read_int(d / "max_freq")
+            if lo is not None and hi is not None:
+                pairs.append((lo, hi))
+                gpu_cur = _read_int(d / "cur_freq")
+    if not pairs:
+        return {"clocks_locked": None, "gpu_freq_hz": None, "clocks_source": None}
+    return {"clocks_locked": all(lo == hi for lo, hi in pairs), "gpu_freq_hz": gpu_cur, "clocks_source": "sysfs"}
+
+
+def parse_nvpmodel_status(text: str) -> int | None:
+    """Power mode id from ``/var/lib/nvpmodel/status`` (``pmode:0002``), readable without nvpmodel."""
+    m = re.search(r"pmode:\s*(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
 def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
     """stdout of ``cmd``, or None when it is missing, fails or takes too long."""
     if shutil.which(cmd[0]) is None:
@@ -166,8 +204,15 @@ def machine_info() -> dict[str, Any]:
     if info["jetson"]:
         info["l4t"] = parse_tegra_release(_read("/etc/nv_tegra_release") or "")
         info.update(parse_nvpmodel(_run(["nvpmodel", "-q"]) or ""))
+        if info.get("power_mode_id") is None:
+            info["power_mode_id"] = parse_nvpmodel_status(_read("/var/lib/nvpmodel/status") or "")
         clocks = _run(["jetson_clocks", "--show"])
-        info.update(parse_jetson_clocks(clocks) if clocks else {"clocks_locked": None})
+        parsed = parse_jetson_clocks(clocks) if clocks else {"clocks_locked": None}
+        if parsed.get("clocks_locked") is None:  # not root: jetson_clocks --show refuses; sysfs is world-readable
+            parsed = {**parsed, **clocks_from_sysfs()}
+        else:
+            parsed["clocks_source"] = "jetson_clocks --show"
+        info.update(parsed)
     return info
 
 

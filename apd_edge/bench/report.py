@@ -51,6 +51,11 @@ class Row:
     threads: str = ""
     options: str = ""
     timing: str = ""  # how the clock was read (perf_counter, cuda events, ...)
+    # TensorRT rows, as trtexec splits them (CUDA events on the stream, ms at batch 1): p50 of each part
+    h2d_p50: float | None = None
+    gpu_compute_p50: float | None = None
+    gpu_compute_p99: float | None = None
+    d2h_p50: float | None = None
     warmup: int = 0
     iters: int = 0
     warning: str = ""  # e.g. the bundle's INT8 model missed its accuracy target at export
@@ -99,8 +104,12 @@ def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
         mem = f"+{_fmt(r.host_mem_mb, 0)}/{_fmt(r.host_peak_mb, 0)}"
         if r.gpu_mem_mb is not None:
             mem += f" gpu {_fmt(r.gpu_mem_mb, 0)}"
-        body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status, _fmt(r.size_mb),
-                     _params(r.params), _fmt(r.gmacs), miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, r.threads])
+        threads = r.threads
+        if r.gpu_compute_p50 is not None:  # TensorRT rows: the trtexec split in the last column
+            threads = (f"H2D {_fmt(r.h2d_p50, 3)} / GPU {_fmt(r.gpu_compute_p50, 3)} / D2H {_fmt(r.d2h_p50, 3)} ms"
+                       + (f"; {threads}" if threads else ""))
+        body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status, _fmt(r.size_mb), _params(r.params), _fmt(r.gmacs),
+                     miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, threads])
     return header, body
 
 
@@ -209,11 +218,25 @@ def plot(rows: list[Row], path: Path, title: str = "latency vs mIoU") -> Path:
     return path
 
 
+PLOT_SKIPPED = "bench.png skipped: matplotlib is not installed (pip install matplotlib, or \"apd-edge[deploy]\")"
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is importable (a torch-free deployment install may lack it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_all(rows: list[Row], out_dir: Path, machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Path]:
-    """bench.json, bench.csv and bench.png in ``out_dir``."""
+    """bench.json, bench.csv and (when matplotlib is installed) bench.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    files = {
         "json": write_json(rows, out_dir / "bench.json", machine, settings),
         "csv": write_csv(rows, out_dir / "bench.csv"),
-        "png": plot(rows, out_dir / "bench.png"),
     }
+    if can_plot():
+        files["png"] = plot(rows, out_dir / "bench.png")
+    return files

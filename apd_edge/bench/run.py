@@ -29,7 +29,8 @@ from .report import Row, print_table, write_all
 from .timing import HostMemory, summarize, time_calls
 
 BACKENDS = ("ort", "trt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp32_trtfp16")
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")  # fp32_trtfp16 is an engine of the FP32 graph, not an ONNX file
 FILE_FORMAT = {"ort": "onnx", "trt": "engine"}
 
 
@@ -134,7 +135,7 @@ def _load_artifact(path: Path, opts: BenchOptions, out: Path, echo: Callable) ->
     ckpt = load_checkpoint(path)
     ckpt_file = path if path.is_file() else next(path / n for n in ("best.pt", "last.pt") if (path / n).is_file())
     art = Artifact(path, kind, _checkpoint_manifest(ckpt, opts.input_size), checkpoint=ckpt_file)
-    need = [p for p in opts.precisions if p in PRECISIONS] if any(b != "torch" for b in opts.backends) else []
+    need = [p for p in opts.precisions if p in EXPORT_PRECISIONS] if any(b != "torch" for b in opts.backends) else []
     if need:
         from ..export import export_bundle
         from ..runtime import list_backends
@@ -331,7 +332,7 @@ def _available_file(art: Artifact, backend: str, precision: str) -> str | None:
     have = [f["precision"] for f in art.manifest.get("files", []) if f.get("format") == fmt]
     if precision not in have:
         what = "TensorRT engine" if fmt == "engine" else "ONNX model"
-        hint = " (export with --trt on the target GPU)" if fmt == "engine" else ""
+        hint = f" (build them on the target GPU: apd-edge build {art.bundle})" if fmt == "engine" else ""
         return f"bundle has no {precision} {what}{hint}; has: {', '.join(have) or 'none'}"
     return None
 
@@ -353,6 +354,8 @@ def measure_row(art: Artifact, backend: str, precision: str, opts: BenchOptions,
     except Exception:
         pass
     ok, why = list_backends().get(backend, (False, f"unknown backend {backend!r}"))
+    if ok and precision == "fp32_trtfp16" and backend != "trt":
+        ok, why = False, "fp32_trtfp16 is a TensorRT 10 engine (the FP32 graph built with the FP16 flag): --backends trt"
     if not ok:
         row.status, row.reason = "skipped", why
         return row
@@ -425,6 +428,18 @@ def _time_row(row: Row, runner, art: Artifact, opts: BenchOptions) -> None:
         runner.postprocess(runner.infer(runner.prepare(xx)), mm)
 
     full = time_calls(e2e, max(1, opts.warmup // 2), opts.iters, sync=runner.sync)
+    impl = getattr(getattr(runner, "seg", None), "impl", None)
+    if hasattr(impl, "record_split"):  # TensorRT: host-to-device / compute / device-to-host, as trtexec reports
+        impl.splits.clear()
+        impl.record_split = True
+        try:
+            time_calls(lambda: runner.infer(xin), 0, opts.iters)
+        finally:
+            impl.record_split = False
+        split = split_summary(impl.splits)
+        row.h2d_p50, row.gpu_compute_p50, row.gpu_compute_p99, row.d2h_p50 = (
+            split["h2d_p50"], split["compute_p50"], split["compute_p99"], split["d2h_p50"])
+        row.timing += f"; H2D/compute/D2H: CUDA events ({len(impl.splits)} calls)"
     c, e = summarize(compute), summarize(full)
     row.compute_p50, row.compute_p90, row.compute_p99 = (round(c[k], 3) for k in ("p50", "p90", "p99"))
     row.e2e_p50, row.e2e_p90, row.e2e_p99 = (round(e[k], 3) for k in ("p50", "p90", "p99"))
@@ -441,6 +456,16 @@ def _time_row(row: Row, runner, art: Artifact, opts: BenchOptions) -> None:
             row.fps_batch = round(opts.batch * 1000.0 / summarize(tb)["mean"], 2)
         except Exception as exc:
             row.batch_note = f"batch {opts.batch} failed: {_first_line(exc)[:80]}"
+
+
+def split_summary(splits: Sequence[tuple[float, float, float]]) -> dict[str, float | None]:
+    """p50 of host-to-device and device-to-host copies and p50/p99 of GPU compute, in ms (3 decimals)."""
+    if not splits:
+        return {"h2d_p50": None, "compute_p50": None, "compute_p99": None, "d2h_p50": None}
+    h2d, comp, d2h = ([s[i] for s in splits] for i in range(3))
+    s = {"h2d_p50": summarize(h2d)["p50"], "compute_p50": summarize(comp)["p50"],
+         "compute_p99": summarize(comp)["p99"], "d2h_p50": summarize(d2h)["p50"]}
+    return {k: round(v, 3) for k, v in s.items()}
 
 
 def _accuracy_row(row: Row, runner, art: Artifact, opts: BenchOptions) -> None:
@@ -526,6 +551,10 @@ def run_bench(artifacts: Sequence[str | Path] | None = None, backends: Sequence[
         settings["artifacts"] = [str(p) for p in paths]
         files = write_all(rows, out_dir, machine, settings)
         echo("wrote " + ", ".join(str(p) for p in files.values()))
+        if "png" not in files:
+            from .report import PLOT_SKIPPED
+
+            echo(PLOT_SKIPPED)
     return rows
 
 

@@ -12,7 +12,8 @@ def _csv(value: str) -> list[str]:
 @click.command()
 @click.argument("artifacts", nargs=-1, type=click.Path())
 @click.option("--backends", default="ort", show_default=True, help="Comma list of torch, ort, trt.")
-@click.option("--precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, int8.")
+@click.option("--precisions", default="fp32", show_default=True,
+              help="Comma list of fp32, fp16, int8, fp32_trtfp16 (TensorRT 10: FP32 graph + FP16 flag).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for the throughput column.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")

@@ -51,7 +51,21 @@ def _parse_size(value: str | None) -> list[int] | None:
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
            plain_int8, int8_max_float, no_sensitivity, threads, parity_images, trt, data_root, opset, preprocess,
            exclude) -> None:
-    """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle."""
+    """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle.
+
+    Given a bundle folder with --trt, builds its engines as `apd-edge build` does (no torch needed).
+    """
+    from pathlib import Path
+
+    if source is not None and (Path(source) / "manifest.json").is_file():
+        if not trt:
+            raise ApdError(f"{source} is already a bundle; build its TensorRT engines with `apd-edge build {source}`")
+        from ..export.build import build_bundle
+
+        build_bundle(source, ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else []),
+                     log=lambda s: click.echo(s, err=True))
+        click.echo(str(source))
+        return
     from ..export import export_bundle
 
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])

@@ -16,6 +16,7 @@ from ..errors import ApdError
 
 # command name -> "module:attribute" (modules under apd_edge.cli)
 COMMANDS: dict[str, str] = {
+    "build": "apd_edge.cli.build:build",
     "data": "apd_edge.cli.data:data",
     "export": "apd_edge.cli.export:export",
     "models": "apd_edge.cli.models:models",
@@ -28,6 +29,10 @@ COMMANDS: dict[str, str] = {
     "quickstart": "apd_edge.cli.train:quickstart",
     "import": "apd_edge.cli.import_cmd:import_cmd",
 }
+
+
+# packages only the `train` extra installs; a command that needs one says so in one line
+TRAIN_ONLY = {"torch", "torchvision", "timm", "onnx", "onnxscript"}
 
 
 class LazyGroup(click.Group):
@@ -53,6 +58,13 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except ApdError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as exc:  # a torch-free (deployment) install running a training-side command
+            if (exc.name or "").split(".")[0] not in TRAIN_ONLY:
+                raise
+            cmd = ctx.invoked_subcommand or (ctx.protected_args[:1] or ["this command"])[0]
+            click.echo(f"error: `apd-edge {cmd}` needs {exc.name}, which this install lacks: "
+                       "pip install \"apd-edge[train]\" (deployment commands: build, bench, demo on bundles)", err=True)
             ctx.exit(2)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export_bundle", "check_qdq", "profile_plan"]
+__all__ = ["export_bundle", "build_bundle", "check_qdq", "profile_plan"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,6 +15,10 @@ def __getattr__(name: str) -> Any:
         from .bundle import export_bundle
 
         return export_bundle
+    if name == "build_bundle":  # torch-free: engines from an existing bundle
+        from .build import build_bundle
+
+        return build_bundle
     if name == "check_qdq":
         from .quantize import check_qdq
 

@@ -119,6 +119,19 @@ def _eval_set(items, prep: dict, num_classes: int, scored: int | None):
     return EvalSet(inputs, metas, masks, num_classes, scored)
 
 
+def _write_samples(out: Path, val_ds, images, prep: dict, fp32_backend, parity_src: str) -> dict:
+    """``samples.npz``: a few val images (or the parity image) with their FP32 labels, for device-side parity."""
+    from .samples import SAMPLE_COUNT, write_samples
+
+    source = parity_src.split(" (")[0]
+    if val_ds is not None:
+        idx = pick_indices(len(val_ds), SAMPLE_COUNT)
+        picked, source = [img for img, _ in _images(val_ds, idx)], f"{source} images {idx}"
+    else:
+        picked = [img for img, _ in images]
+    return write_samples(out, picked, prep, fp32_backend, source)
+
+
 def export_bundle(source: str | Path | None = None, out_dir: str | Path | None = None, *, name: str | None = None,
                   input_size: Sequence[int] | None = None, precisions: Sequence[str] = ("fp32",),
                   dynamic: bool = False, argmax: bool = False, calib_images: int = 128,
@@ -163,9 +176,9 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     if preprocess not in (None, "pad", "resize"):
         raise ApdError(f"unknown preprocess mode {preprocess!r} (pad or resize)")
     if trt:
-        from ..runtime.backends.trt import import_cudart, import_tensorrt
+        from ..runtime.backends.trt_check import preflight
 
-        import_tensorrt(), import_cudart()  # fail now, with the install hint, not after minutes of work
+        preflight()  # TensorRT, cuda-python, driver, device: fail now, with the fix, not after minutes of work
 
     ckpt_path = resolve_checkpoint(source)
     log(f"loading {ckpt_path}")
@@ -272,6 +285,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
               else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
     parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
+    samples = _write_samples(out, val_ds, images, prep, backends["fp32"], parity_src)
 
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
@@ -291,19 +305,16 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         "fp16": extra.get("fp16"), "quantization": extra.get("int8"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    manifest["samples"] = samples
     save_manifest(manifest, out)
     agree = parity["fp32"]["agreement"]
     if agree < FP32_MIN_AGREEMENT:
         raise ApdError(f"FP32 ONNX parity failed: argmax agreement with PyTorch {agree:.3f}% < {FP32_MIN_AGREEMENT}% "
                        f"(max |dlogit| {parity['fp32']['max_abs_diff']:.3g}); see {out / 'manifest.json'}")
 
-    if trt:
-        from .tensorrt import build_engines
+    if trt:  # the same engine build as `apd-edge build` on a copied bundle
+        from .build import build_bundle
 
-        for fname, meta in build_engines(out, manifest, [p for p in precisions], workspace_gb=workspace_gb, log=log):
-            prec = fname[len("model_"):-len(".engine")]
-            manifest["files"].append(file_entry(out, fname, "engine", prec, engine_meta=meta))
-        manifest["versions"]["tensorrt"] = manifest["files"][-1]["engine_meta"]["tensorrt_version"]
-        save_manifest(manifest, out)
+        build_bundle(out, precisions, workspace_gb=workspace_gb, log=log)
     log(f"bundle written: {out}")
     return out

@@ -6,7 +6,8 @@
   (``model_fp32_trtfp16.engine``), a flag that 11.x removed.
 - A timing cache is loaded from / saved to ``timing.cache`` next to the engines.
 - Dynamic inputs get one optimization profile from ``profile_plan``.
-TensorRT is imported lazily; without it ``build_engines`` raises a clear ApdError.
+TensorRT is imported lazily; without it ``build_engine`` raises a clear ApdError. ``export.build`` drives
+the builds for a whole bundle (``apd-edge build``, and ``apd-edge export --trt``).
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, manifest: dict,
                  fp16_flag: bool = False, workspace_gb: float = 4.0, cache_path: str | Path | None = None,
                  max_batch: int = 1) -> dict:
     """Build one serialized engine; returns its ``engine_meta`` (GPU, compute capability, versions, flags)."""
+    from ..runtime.backends.trt_check import create_trt
+
     trt = import_tensorrt()
     major = trt_major(trt)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = create_trt(trt, "Builder", logger)
     flags = 0
     if strongly_typed and major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -116,22 +119,3 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, manifest: dict,
     return {**info, "builder_flags": builder_flags, "strongly_typed": bool(strongly_typed or major >= 11),
             "workspace_gb": workspace_gb, "profile": {k: [list(s) for s in v] for k, v in plan.items()},
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def build_engines(bundle_dir: str | Path, manifest: dict, precisions: list[str], *, workspace_gb: float = 4.0,
-                  max_batch: int = 1, log=print) -> list[tuple[str, dict]]:
-    """Build ``model_<precision>.engine`` for each ONNX precision; returns ``[(filename, engine_meta)]``."""
-    trt = import_tensorrt()
-    bundle_dir = Path(bundle_dir)
-    onnx_files = {f["precision"]: f["path"] for f in manifest["files"] if f["format"] == "onnx"}
-    out = []
-    for prec, src_prec, strongly, fp16_flag in engine_plan(precisions, trt.__version__):
-        if src_prec not in onnx_files:
-            raise ApdError(f"no {src_prec} ONNX in the bundle to build the {prec} engine from")
-        name = f"model_{prec}.engine"
-        log(f"building TensorRT {trt.__version__} engine {name} ...")
-        meta = build_engine(bundle_dir / onnx_files[src_prec], bundle_dir / name, manifest, strongly_typed=strongly,
-                            fp16_flag=fp16_flag, workspace_gb=workspace_gb, cache_path=bundle_dir / TIMING_CACHE,
-                            max_batch=max_batch)
-        out.append((name, {**meta, "onnx": onnx_files[src_prec]}))
-    return out

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ApdError
 from .backends import list_backends
+from .integrity import backend_io, check_model_io
 from .manifest import find_file, load_manifest, verify_file
 from .postprocess import postprocess, restore_logits
 from .preprocess import PrepMeta, preprocess_from_manifest
@@ -74,6 +75,9 @@ class Segmenter:
             if not src.get("checkpoint"):
                 raise ApdError("the bundle records no source checkpoint; the torch backend needs one")
             impl = TorchBackend(src["checkpoint"], device=device, expected_sha256=src.get("sha256"))
+        io = backend_io(impl)
+        if io is not None:
+            check_model_io(manifest, *io, what=f"{bundle / entry['path']}")
         return cls(manifest, bundle, impl, backend, precision)
 
     # -- the split used for timing -------------------------------------------------------------------

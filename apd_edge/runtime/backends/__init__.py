@@ -20,10 +20,11 @@ def list_backends() -> dict[str, tuple[bool, str]]:
     else:
         out["ort"] = (False, "onnxruntime not installed (pip install onnxruntime or onnxruntime-gpu)")
     if not _has("tensorrt"):
-        out["trt"] = (False, "TensorRT not installed (pip install tensorrt, or on Jetson use JetPack's "
-                             "python3-libnvinfer in a venv with --system-site-packages)")
+        out["trt"] = (False, "TensorRT not installed (pip install \"apd-edge[trt-cu12]\" or [trt-cu13] by the "
+                             "driver's CUDA; on Jetson JetPack's python3-libnvinfer in a venv with "
+                             "--system-site-packages)")
     elif not _has("cuda"):
-        out["trt"] = (False, "cuda-python not installed (pip install cuda-python)")
+        out["trt"] = (False, "cuda-python not installed (pip install \"cuda-python>=12,<13\" for a CUDA 12 driver)")
     else:
         out["trt"] = (True, "tensorrt and cuda-python installed")
     out["torch"] = (True, "torch installed") if _has("torch") else (False, "torch not installed")

@@ -16,16 +16,19 @@ import numpy as np
 
 from ...errors import ApdError
 
-TRT_MISSING = ("TensorRT is not installed: pip install tensorrt (desktop) or, on Jetson, use JetPack's "
-               "python3-libnvinfer from a venv created with --system-site-packages")
-CUDA_MISSING = "cuda-python is not installed: pip install cuda-python"
+TRT_MISSING = "TensorRT is not installed"
+CUDA_MISSING = "cuda-python is not installed"
 
 
 def import_tensorrt():
+    from .trt_check import install_hint
+
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError as exc:
-        raise ApdError(f"{TRT_MISSING} ({exc})") from None
+        raise ApdError(f"{TRT_MISSING}: {install_hint()} ({exc})") from None
+    except OSError as exc:  # the wheel is there but its CUDA/TensorRT libraries cannot be loaded
+        raise ApdError(f"TensorRT is installed but its libraries cannot be loaded ({exc}): {install_hint()}") from None
     return trt
 
 
@@ -36,7 +39,9 @@ def import_cudart():
         try:
             from cuda import cudart  # older cuda-python
         except ImportError as exc:
-            raise ApdError(f"{CUDA_MISSING} ({exc})") from None
+            from .trt_check import install_hint
+
+            raise ApdError(f"{CUDA_MISSING}: {install_hint()} ({exc})") from None
     return cudart
 
 
@@ -52,7 +57,7 @@ def check_engine_compat(meta: dict | None, current: dict) -> None:
     """
     if not meta:
         raise ApdError("engine has no recorded engine_meta (GPU, compute capability, TensorRT version); "
-                       "rebuild it with `apd-edge export --trt` on this machine")
+                       "rebuild it with `apd-edge build BUNDLE` on this machine")
     problems = []
     if meta.get("compute_capability") != current.get("compute_capability"):
         problems.append(f"compute capability {meta.get('compute_capability')} vs {current.get('compute_capability')} here")
@@ -63,7 +68,7 @@ def check_engine_compat(meta: dict | None, current: dict) -> None:
     if problems:
         raise ApdError("TensorRT engine was built for another machine (" + "; ".join(problems) +
                        "); engines are specific to the GPU model and TensorRT version: rebuild it here with "
-                       "`apd-edge export --trt` or use the ONNX files with --backend ort")
+                       "`apd-edge build BUNDLE` or use the ONNX files with --backend ort")
 
 
 def io_from_manifest(manifest: dict) -> list[dict]:
@@ -125,19 +130,27 @@ def binding_plan(io: list[dict], input_shape: tuple[int, ...]) -> list[tuple[str
     return plan
 
 
-def _ck(res: Any) -> Any:
-    """Unpack a cuda-python ``(err, *values)`` tuple, raising on error."""
-    err, *vals = res if isinstance(res, tuple) else (res,)
-    if int(err) != 0:
-        raise ApdError(f"CUDA error {err}")
-    return vals[0] if len(vals) == 1 else (tuple(vals) if vals else None)
+def _ck(res: Any, what: str = "a CUDA call") -> Any:
+    """Unpack a cuda-python ``(err, *values)`` tuple, raising an ApdError with cudaGetErrorString on error."""
+    from .trt_check import check
+
+    return check(import_cudart(), res, what)
+
+
+def check_profile_shape(name: str, shape: tuple[int, ...], profile: list | tuple) -> None:
+    """Refuse an input shape outside the engine's optimization profile ``(min, opt, max)``, naming the range."""
+    mn, _, mx = (tuple(int(d) for d in s) for s in profile)
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != len(mn) or any(not lo <= d <= hi for d, lo, hi in zip(shape, mn, mx)):
+        raise ApdError(f"input '{name}' shape {list(shape)} is outside the engine's optimization profile: "
+                       f"min {list(mn)}, max {list(mx)} (rebuild with a wider profile, or resize the input)")
 
 
 def current_device_info(device: int = 0) -> dict:
     """``gpu_name``, ``compute_capability`` and ``tensorrt_version`` of this machine (needs CUDA + TRT)."""
     trt = import_tensorrt()
     cudart = import_cudart()
-    prop = _ck(cudart.cudaGetDeviceProperties(device))
+    prop = _ck(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
     return {"gpu_name": name.strip("\x00 ").strip(), "compute_capability": f"{prop.major}.{prop.minor}",
             "tensorrt_version": trt.__version__}
@@ -149,19 +162,25 @@ class TrtBackend:
     name = "trt"
 
     def __init__(self, engine_path: str | Path, engine_meta: dict | None, device: str = "cuda"):
+        from .trt_check import check_cuda, check_tensorrt, create_trt
+
         trt = import_tensorrt()
         self.cudart = cudart = import_cudart()
+        info = check_cuda(cudart)  # one line naming the driver/bindings/device problem, before any CUDA work
+        check_tensorrt(trt, int(info["driver_cuda"].split(".")[0]))
         dev = int(device.split(":")[1]) if ":" in device else 0
-        _ck(cudart.cudaSetDevice(dev))
+        _ck(cudart.cudaSetDevice(dev), f"cudaSetDevice({dev})")
         check_engine_compat(engine_meta, current_device_info(dev))
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        self.runtime = create_trt(trt, "Runtime", self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise ApdError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log above)")
         self.context = self.engine.create_execution_context()
-        self.stream = _ck(cudart.cudaStreamCreate())
+        if self.context is None:
+            raise ApdError(f"TensorRT could not create an execution context for {engine_path} (out of GPU memory?)")
+        self.stream = _ck(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.io = []
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
@@ -172,15 +191,27 @@ class TrtBackend:
         self.output_names = [t["name"] for t in self.io if t["mode"] == "output"]
         self._dynamic = any(d == -1 for t in self.io if t["mode"] == "input" for d in t["shape"])
         self._buf: dict[str, tuple[int, int, int]] = {}  # name -> (capacity bytes, host ptr, device ptr)
+        # trtexec-style split: while ``record_split`` is set, each ``infer`` appends (H2D, compute, D2H) ms
+        self.record_split = False
+        self.splits: list[tuple[float, float, float]] = []
+        self._events: list = []
+
+    def _event(self, i: int):
+        while len(self._events) <= i:
+            self._events.append(_ck(self.cudart.cudaEventCreate(), "cudaEventCreate"))
+        ev = self._events[i]
+        _ck(self.cudart.cudaEventRecord(ev, self.stream), "cudaEventRecord")
+        return ev
 
     def _ensure(self, name: str, nbytes: int) -> tuple[int, int]:
         cap, host, devp = self._buf.get(name, (0, 0, 0))
         if nbytes > cap:
             if cap:
-                _ck(self.cudart.cudaFreeHost(host))
-                _ck(self.cudart.cudaFree(devp))
-            host = int(_ck(self.cudart.cudaHostAlloc(nbytes, getattr(self.cudart, "cudaHostAllocDefault", 0))))
-            devp = int(_ck(self.cudart.cudaMalloc(nbytes)))
+                _ck(self.cudart.cudaFreeHost(host), "cudaFreeHost")
+                _ck(self.cudart.cudaFree(devp), "cudaFree")
+            host = int(_ck(self.cudart.cudaHostAlloc(nbytes, getattr(self.cudart, "cudaHostAllocDefault", 0)),
+                           f"cudaHostAlloc({nbytes})"))
+            devp = int(_ck(self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
             self._buf[name] = (nbytes, host, devp)
         return host, devp
 
@@ -194,7 +225,12 @@ class TrtBackend:
         cudart = self.cudart
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._dynamic:
-            self.context.set_input_shape(self.input_name, tuple(x.shape))
+            profile = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            check_profile_shape(self.input_name, x.shape, profile)
+            if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+                mn, _, mx = profile
+                raise ApdError(f"TensorRT refused input shape {list(x.shape)} for '{self.input_name}' "
+                               f"(profile min {list(mn)}, max {list(mx)})")
         plan = binding_plan(self.io, x.shape)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         views = {}
@@ -208,14 +244,25 @@ class TrtBackend:
             self.context.set_tensor_address(name, devp)
         hx, dx, nx, _ = views[self.input_name]
         hx[...] = x
-        _ck(cudart.cudaMemcpyAsync(dx, hx.ctypes.data, nx, h2d, self.stream))
+        split = self.record_split
+        ev = [self._event(0)] if split else []
+        _ck(cudart.cudaMemcpyAsync(dx, hx.ctypes.data, nx, h2d, self.stream), "cudaMemcpyAsync (host to device)")
+        if split:
+            ev.append(self._event(1))
         if not self.context.execute_async_v3(int(self.stream)):
             raise ApdError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        if split:
+            ev.append(self._event(2))
         names = outputs or self.output_names
         for name in names:
             hv, dv, nb, _ = views[name]
-            _ck(cudart.cudaMemcpyAsync(hv.ctypes.data, dv, nb, d2h, self.stream))
-        _ck(cudart.cudaStreamSynchronize(self.stream))
+            _ck(cudart.cudaMemcpyAsync(hv.ctypes.data, dv, nb, d2h, self.stream), "cudaMemcpyAsync (device to host)")
+        if split:
+            ev.append(self._event(3))
+        _ck(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        if split:
+            self.splits.append(tuple(float(_ck(cudart.cudaEventElapsedTime(a, b), "cudaEventElapsedTime"))
+                                     for a, b in zip(ev, ev[1:])))
         return {name: views[name][0].copy() for name in names}
 
     def close(self) -> None:
@@ -223,6 +270,9 @@ class TrtBackend:
             self.cudart.cudaFreeHost(host)
             self.cudart.cudaFree(devp)
         self._buf.clear()
+        for e in getattr(self, "_events", []):
+            self.cudart.cudaEventDestroy(e)
+        self._events = []
         if getattr(self, "stream", None) is not None:
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
