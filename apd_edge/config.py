@@ -351,6 +351,9 @@ def validate_names(recipe: Recipe) -> None:
         return
     if recipe.data.dataset not in datasets:
         raise RecipeError(f"data.dataset: {unknown_name('dataset', recipe.data.dataset, datasets)}")
+    from .data.registry import check_options
+
+    check_options(recipe.data.dataset, recipe.data.options)  # through the format class itself
 
 
 def recipe_from_dict(data: dict | None) -> Recipe:
@@ -425,7 +428,26 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     data.setdefault("name", path.stem)
+    _drop_stale_options(data, overrides)
     return recipe_from_dict(apply_overrides(data, overrides))
+
+
+def _drop_stale_options(data: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """``--set data.dataset=X`` switching formats drops the file's ``data.options`` (they belong to the old
+    format) with a note on stderr; options set on the command line are kept."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not section.get("options"):
+        return
+    new = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "data.dataset" and "=" in o]
+    old = section.get("dataset", DataConfig.dataset)
+    if not new or new[-1] == old:
+        return
+    import sys
+
+    dropped = ", ".join(map(str, section["options"]))
+    section["options"] = {}
+    print(f"note: --set data.dataset={new[-1]}: dropped data.options ({dropped}) of '{old}'; "
+          f"set the new dataset's with --set data.options.KEY=VALUE", file=sys.stderr)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -25,12 +25,19 @@ def list_cmd() -> None:
 @click.argument("spec")
 @click.option("--split", "splits", multiple=True, help="Split to check (repeatable); default: the train and val splits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def check(spec: str, splits: tuple[str, ...], no_progress: bool) -> None:
-    """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid)."""
+@click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
+def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool) -> None:
+    """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid).
+
+    Prints one class-pixel table per split and warns about splits that are mostly void (> 50 %),
+    entirely void images and classes without pixels.
+    """
     from ..data.check import check_dataset
 
     report = check_dataset(spec, list(splits) or None, progress=not no_progress)
     click.echo(report.table())
+    if strict and report.warnings():
+        raise SystemExit(1)
 
 
 def _size(value: str) -> tuple[int, int]:
