@@ -178,6 +178,7 @@ class Recipe:
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs"
+    threads: Optional[int] = field(default=None, metadata=_rng(1, None))  # CPU threads; None = the free cores
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)

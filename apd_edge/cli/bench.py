@@ -20,7 +20,8 @@ def _csv(value: str) -> list[str]:
 @click.option("--data", default=None, metavar="DATASET:ROOT",
               help="Val data for mIoU (default: the dataset recorded in the bundle).")
 @click.option("--max-images", type=int, default=None, help="Evaluate mIoU on at most this many val images.")
-@click.option("--threads", type=int, default=None, help="CPU threads (ORT intra-op / torch); default: library's.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (ORT intra-op / torch); default: the cores not already busy.")
 @click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format.")
 @click.option("--cuda-graph", is_flag=True, help="torch backend on CUDA: capture and replay a CUDA graph.")
 @click.option("--input-size", type=int, nargs=2, default=None, metavar="H W",
@@ -34,6 +35,9 @@ def bench(artifacts, backends, precisions, device, batch, warmup, iters, data, m
           cuda_graph, input_size, export_dir, out, no_verify) -> None:
     """Benchmark ARTIFACTS (bundle folders or checkpoints; default: newest bundle in --export-dir)."""
     from ..bench.run import run_bench
+    from ..threads import setup_threads
+
+    threads = setup_threads(threads, torch=False)  # torch only when a torch row imports it
 
     rows = run_bench(list(artifacts) or None, backends=_csv(backends), precisions=_csv(precisions), device=device,
                      batch=batch, warmup=warmup, iters=iters, data=data, out=out, max_images=max_images,

@@ -40,10 +40,15 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--preprocess", type=click.Choice(["pad", "resize"]), help="Fit images by pad-and-crop or resize.")
 @click.option("--exclude-node", "exclude", multiple=True, metavar="NAME",
               help="ONNX node to keep in float when quantizing (repeatable; the classifier always is).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch and ONNX Runtime (default: the cores not already busy).")
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, parity_images,
-           trt, data_root, opset, preprocess, exclude) -> None:
+           trt, data_root, opset, preprocess, exclude, threads) -> None:
     """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle."""
     from ..export import export_bundle
+    from ..threads import setup_threads
+
+    setup_threads(threads)
 
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
     out = export_bundle(source, out_dir, name=name, input_size=_parse_size(size), precisions=precisions,
