@@ -224,3 +224,20 @@ def test_data_check_warnings_and_strict(tmp_path):
     assert res.exit_code == 1
     res = CliRunner().invoke(cli, ["data", "check", f"folder:{root}", "--no-progress", "--strict", "--split", "train"])
     assert res.exit_code == 0 and "no warnings" in res.output
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/datasets.md"])
+def test_documented_classes_file_is_valid(tmp_path, doc):
+    """The classes.yaml examples in the docs load, and their label_map means what the comments say."""
+    import re
+    from pathlib import Path
+
+    from apd_edge.data.layout import load_class_spec
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("names:"))
+    (tmp_path / "classes.yaml").write_text(block)
+    spec = load_class_spec(tmp_path / "classes.yaml")
+    assert spec.names == SEVEN and len(spec.palette) == 7 and spec.unmapped == "void"
+    lut = spec.lut()
+    assert lut[7] == 0 and lut[26] == 2 and lut[0] == 255 and lut[3] == 255  # 3 is not listed: void
