@@ -156,3 +156,23 @@ def test_runs_lists_best_miou(tmp_path):
     assert rows[1].split()[1:8] == ["espnet", "apd", "camvid", "10/10", "45.67", "8", "45.00"]
     assert rows[0].split()[4:6] == ["5/100", "10.00"] and "unfinished" in rows[0]
     assert "no runs" in CliRunner().invoke(cli, ["runs", str(tmp_path / "none")]).output
+
+
+def test_vis_names_titles_and_legend():
+    from apd_edge.data.base import default_palette
+    from apd_edge.engine.vis import compose, vis_name
+
+    assert vis_name("/d/leftImg8bit/val/seq01/f1_image.jpg", "/d", 0) == "leftImg8bit__val__seq01__f1_image.png"
+    assert vis_name("synthetic://val/000007", None, 7) == "000007.png" and vis_name(None, None, 7) == "00007.png"
+    pal = default_palette(6)
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    gt = np.full((60, 80), 2)
+    gt[:10] = 255
+    pred = np.full((60, 80), 3)
+    out = compose(rgb, gt, pred, ["a", "b", "c", "d", "e", "f"], pal, "f1_image.jpg")
+    assert out.shape[1] == 3 * 80 + 8 and out.shape[0] > 60 + 20  # a title band above, a legend below
+    band = out[: out.shape[0] - 60]
+    assert (band[0:5] == 32).all(axis=-1).any()  # dark title band
+    legend = out[-20:]
+    colors = {tuple(c) for c in legend.reshape(-1, 3).tolist()}
+    assert tuple(pal[2]) in colors and tuple(pal[3]) in colors and tuple(pal[1]) not in colors  # present classes only

@@ -241,3 +241,16 @@ def test_documented_classes_file_is_valid(tmp_path, doc):
     assert spec.names == SEVEN and len(spec.palette) == 7 and spec.unmapped == "void"
     lut = spec.lut()
     assert lut[7] == 0 and lut[26] == 2 and lut[0] == 255 and lut[3] == 255  # 3 is not listed: void
+
+
+def test_scored_images_rule():
+    from apd_edge.data.scoring import describe_selection, scored_indices
+
+    assert scored_indices(5) == [0, 1, 2, 3, 4] and scored_indices(5, 9) == [0, 1, 2, 3, 4]
+    assert scored_indices(101, 3) == [0, 50, 100] and scored_indices(10, 1) == [0]
+    assert len(scored_indices(233, 128)) == 128
+    assert describe_selection("camvid", "val", 3, 101, 3) == "camvid:val, 3 of 101 images (evenly spaced, max 3)"
+    assert describe_selection("camvid", "val", 101, 101) == "camvid:val, all 101 images"
+    from apd_edge.export.parity import pick_indices
+
+    assert pick_indices(233, 128) == scored_indices(233, 128)  # export parity scores the same images

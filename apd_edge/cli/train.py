@@ -76,7 +76,8 @@ def _parse_scales(value: str | None) -> list[float] | None:
 @click.option("--scales", default=None, metavar="S1,S2,...", help="Multi-scale evaluation, e.g. 0.75,1,1.25.")
 @click.option("--save-vis", type=click.Path(file_okay=False), default=None,
               help="Write image | ground truth | prediction PNGs to this folder.")
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Score N images spread evenly over the split (the rule export parity and bench use).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @quiet_option
 @threads_option
@@ -92,12 +93,12 @@ def eval_cmd(source: str, data: str | None, overrides: tuple[str, ...], split: s
     res = evaluate_checkpoint(source, data=data, overrides=overrides, split=split, flip=flip,
                               scales=_parse_scales(scales), save_vis=save_vis, max_images=max_images,
                               device=device, progress=not quiet)
-    click.echo(f"{res['model_name']} (step {res['step']}) on {res['dataset']}/{res['split']}: "
-               f"{res['images']} images in {res['seconds']:.1f} s")
+    click.echo(f"{res['model_name']} (step {res['step']}) on {res['selection']}: {res['images']} scored "
+               f"in {res['seconds']:.1f} s")
     click.echo(res["table"])
     click.echo(f"mIoU {100 * res['miou']:.2f}  acc {100 * res['acc']:.2f}  mAcc {100 * res['macc']:.2f}")
     if save_vis:
-        click.echo(f"visualisations: {save_vis}")
+        click.echo(f"visualisations: {len(res['vis_files'])} PNGs in {save_vis}")
 
 
 @click.command("quickstart")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ApdError
+from ..data.scoring import describe_selection
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
@@ -202,7 +203,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     if val_ds is not None:
         idx = pick_indices(len(val_ds), parity_images)
         images = list(_images(val_ds, idx)) if len(idx) <= 16 else _images(val_ds, idx)
-        parity_src = f"{recipe.data.dataset}:{recipe.data.val_split} ({len(idx)} images)"
+        parity_src = describe_selection(recipe.data.dataset, recipe.data.val_split, len(idx), len(val_ds), parity_images)
     else:
         rng = np.random.default_rng(0)
         images = [(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8), None)]
