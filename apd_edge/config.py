@@ -389,6 +389,7 @@ def _leaf_value(tp: Any, raw: str, parsed: Any) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``a.b=c`` overrides to a raw mapping (values parsed as YAML, then type-checked)."""
+    _drop_stale_options(data, overrides)
     for item in overrides:
         keys, value = _parse_override(item)
         node, cls = data, Recipe
@@ -429,7 +430,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     data.setdefault("name", path.stem)
-    _drop_stale_options(data, overrides)
     return recipe_from_dict(apply_overrides(data, overrides))
 
 
@@ -440,14 +440,23 @@ def _drop_stale_options(data: dict, overrides: list[str] | tuple[str, ...]) -> N
     if not isinstance(section, dict) or not section.get("options"):
         return
     new = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "data.dataset" and "=" in o]
+    if new:
+        drop_stale_options(data, new[-1], f"--set data.dataset={new[-1]}")
+
+
+def drop_stale_options(data: dict, new_dataset: str, why: str) -> None:
+    """Clear a raw recipe's ``data.options`` when ``data.dataset`` becomes ``new_dataset`` (a note on stderr)."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not section.get("options"):
+        return
     old = section.get("dataset", DataConfig.dataset)
-    if not new or new[-1] == old:
+    if new_dataset == old:
         return
     import sys
 
     dropped = ", ".join(map(str, section["options"]))
     section["options"] = {}
-    print(f"note: --set data.dataset={new[-1]}: dropped data.options ({dropped}) of '{old}'; "
+    print(f"note: {why}: dropped data.options ({dropped}) of '{old}'; "
           f"set the new dataset's with --set data.options.KEY=VALUE", file=sys.stderr)
 
 

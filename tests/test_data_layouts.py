@@ -254,3 +254,24 @@ def test_scored_images_rule():
     from apd_edge.export.parity import pick_indices
 
     assert pick_indices(233, 128) == scored_indices(233, 128)  # export parity scores the same images
+
+
+def test_data_check_takes_options_on_the_command_line(tmp_path):
+    root = driving(tmp_path)
+    sets = [a for k, v in SUFFIXES.items() for a in ("--set", f"data.options.{k}={v}")]
+    res = CliRunner().invoke(cli, ["data", "check", f"folder:{root}", "--no-progress", *sets])
+    assert res.exit_code == 0, res.output
+    assert "split train (3 images)" in res.output and "sizes (H x W) 24x32 (3)" in res.output
+
+
+def test_eval_on_other_dataset_drops_checkpoint_options(capsys):
+    from apd_edge.config import Recipe, recipe_to_dict
+    from apd_edge.engine.evaluate import recipe_for_eval
+
+    r = Recipe()
+    r.data.dataset, r.data.root, r.data.options = "cityscapes", "/cs", {"img_suffix": "_image.jpg"}
+    out = recipe_for_eval({"recipe": recipe_to_dict(r)}, data="folder:/mine")
+    assert out.data.dataset == "folder" and out.data.root == "/mine" and out.data.options == {}
+    assert "--data folder:/mine: dropped data.options (img_suffix) of 'cityscapes'" in capsys.readouterr().err
+    out = recipe_for_eval({"recipe": recipe_to_dict(r)}, data="cityscapes:/other")
+    assert out.data.options == {"img_suffix": "_image.jpg"}

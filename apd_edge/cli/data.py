@@ -26,7 +26,9 @@ def list_cmd() -> None:
 @click.option("--split", "splits", multiple=True, help="Split to check (repeatable); default: the train and val splits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
-def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a data value, e.g. --set data.options.img_suffix=_image.jpg (repeatable).")
+def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, overrides: tuple[str, ...]) -> None:
     """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid).
 
     Prints one class-pixel table per split and warns about splits that are mostly void (> 50 %),
@@ -34,7 +36,7 @@ def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool) -
     """
     from ..data.check import check_dataset
 
-    report = check_dataset(spec, list(splits) or None, progress=not no_progress)
+    report = check_dataset(spec, list(splits) or None, progress=not no_progress, overrides=overrides)
     click.echo(report.table())
     if strict and report.warnings():
         raise SystemExit(1)

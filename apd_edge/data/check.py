@@ -84,11 +84,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def parse_spec(spec: str) -> DataConfig:
-    """A recipe file (its ``data`` section) or ``DATASET:ROOT`` (``synthetic`` alone needs no root)."""
+def parse_spec(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> DataConfig:
+    """A recipe file (its ``data`` section) or ``DATASET:ROOT`` (``synthetic`` alone needs no root), with
+    ``--set data.options.KEY=VALUE``-style overrides."""
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
-        return load_recipe(path).data
+        return load_recipe(path, overrides).data
     name, _, root = spec.partition(":")
     if name not in list_datasets():
         from ..errors import unknown_name
@@ -96,14 +97,19 @@ def parse_spec(spec: str) -> DataConfig:
         raise unknown_name("dataset", name, list_datasets())
     if not root and name != "synthetic":
         raise ApdError(f"'{spec}': expected DATASET:ROOT, e.g. {name}:path/to/{name}, or a recipe file")
+    if overrides:
+        from ..config import apply_overrides, recipe_from_dict
+
+        return recipe_from_dict(apply_overrides({"data": {"dataset": name, "root": root or None}}, overrides)).data
     return DataConfig(dataset=name, root=root or None)
 
 
-def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True) -> CheckReport:
+def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True,
+                  overrides: list[str] | tuple[str, ...] = ()) -> CheckReport:
     """Read every image and mask of each split (default: train and val split of the config); raise on bad data."""
     from tqdm import tqdm
 
-    cfg = parse_spec(data) if isinstance(data, str) else data
+    cfg = parse_spec(data, overrides) if isinstance(data, str) else data
     names = splits or [cfg.train_split, cfg.val_split]
     report: CheckReport | None = None
     for split in names:

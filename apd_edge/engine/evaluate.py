@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import IGNORE_INDEX, Recipe, apply_overrides, recipe_from_dict, recipe_to_dict
+from ..config import IGNORE_INDEX, Recipe, apply_overrides, drop_stale_options, recipe_from_dict, recipe_to_dict
 from ..data.scoring import describe_selection, scored_indices
 from ..errors import ApdError
 from .inference import predict_scores
@@ -108,6 +108,7 @@ def recipe_for_eval(ckpt: dict, data: str | None = None, overrides: Sequence[str
         name, _, root = data.partition(":")
         if not name:
             raise ApdError(f"--data {data!r}: expected DATASET or DATASET:ROOT, e.g. camvid:data/camvid")
+        drop_stale_options(raw, name, f"--data {data}")  # the checkpoint's options belong to its dataset
         raw["data"]["dataset"] = name
         raw["data"]["root"] = root or None
     return recipe_from_dict(apply_overrides(raw, list(overrides)))
