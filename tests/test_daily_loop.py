@@ -176,3 +176,28 @@ def test_vis_names_titles_and_legend():
     legend = out[-20:]
     colors = {tuple(c) for c in legend.reshape(-1, 3).tolist()}
     assert tuple(pal[2]) in colors and tuple(pal[3]) in colors and tuple(pal[1]) not in colors  # present classes only
+
+
+def test_eval_time_is_left_out_of_the_eta():
+    import io
+
+    from tqdm import tqdm
+
+    from apd_edge.engine.report import exclude_from_eta
+
+    bar = tqdm(total=100, file=io.StringIO(), mininterval=0)
+    bar.update(10)
+    start, last = bar.start_t, bar.last_print_t
+    exclude_from_eta(bar, 30.0)  # 30 s of evaluation
+    assert bar.start_t == start + 30.0 and bar.last_print_t == last + 30.0
+    assert bar.format_dict["elapsed"] < 1.0  # the bar's clock did not count the evaluation
+    exclude_from_eta(None, 5.0)  # no bar (quiet runs): nothing to do
+    bar.close()
+
+
+def test_training_shows_an_eval_progress_bar(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, "bar", iterations=2, eval_interval=2, ckpt_interval=2)))
+    res = CliRunner().invoke(cli, ["train", str(path), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "eval:" in res.output and "batch" in res.output  # the validation bar (2 batches of 2 images)
