@@ -149,8 +149,8 @@ class SegDataset:
         mask = self.load_mask(mask_path)
         if mask.shape[:2] != img.shape[:2]:
             raise ApdError(
-                f"image and mask sizes differ: {img_path} is {img.shape[1]}x{img.shape[0]}, "
-                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}"
+                f"image and mask sizes differ (H x W): {img_path} is {img.shape[0]}x{img.shape[1]}, "
+                f"{mask_path} is {mask.shape[0]}x{mask.shape[1]}"
             )
         return img, mask
 
