@@ -275,3 +275,38 @@ def test_eval_on_other_dataset_drops_checkpoint_options(capsys):
     assert "--data folder:/mine: dropped data.options (img_suffix) of 'cityscapes'" in capsys.readouterr().err
     out = recipe_for_eval({"recipe": recipe_to_dict(r)}, data="cityscapes:/other")
     assert out.data.options == {"img_suffix": "_image.jpg"}
+
+
+def test_data_init_detects_the_issue_layout(tmp_path):
+    root = driving(tmp_path / "d")
+    (root / "classes.yaml").unlink()
+    res = CliRunner().invoke(cli, ["data", "init", str(root)])
+    assert res.exit_code == 0, res.output
+    data = yaml.safe_load(res.output.split("#")[0])["data"]
+    assert data["dataset"] == "folder" and data["options"] == SUFFIXES
+    assert "pairs found: train 3, val 3 (of 6 images, 6 masks)" in res.output
+    names = yaml.safe_load((root / "classes.yaml").read_text())["names"]
+    assert names == [f"class_{i}" for i in range(7)]  # labels 0..6 seen; 255 is void
+    ds = build_dataset(cfg("folder", root, **data["options"]), "val")
+    assert len(ds) == 3 and ds.num_classes == 7
+
+
+def test_data_init_default_and_side_by_side_layouts(tmp_path):
+    from apd_edge.data.detect import detect_layout, png_channels
+
+    a = tmp_path / "a"
+    for split in ("train", "val"):
+        png(a / "images" / split / "0001.jpg", image())
+        png(a / "masks" / split / "0001.png", mask_from([0, 3]))
+    found = detect_layout(a)
+    assert found["options"] == {"img_dir": "images", "mask_dir": "masks"} and found["splits"] == ["train", "val"]
+    assert found["max_label"] == 3 and png_channels(a / "masks" / "val" / "0001.png") == 1
+    b = tmp_path / "b"
+    for k in range(3):
+        png(b / "data" / f"{k}_rgb.png", image(seed=k))  # colour PNG: an image
+        png(b / "data" / f"{k}_gt.png", mask_from([k]))
+    assert detect_layout(b)["options"] == {"img_dir": "data", "mask_dir": "data", "img_suffix": "_rgb.png",
+                                           "mask_suffix": "_gt.png"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ApdError, match="found 0 images and 0 one-channel PNG masks"):
+        detect_layout(tmp_path / "empty")

@@ -42,6 +42,22 @@ def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, o
         raise SystemExit(1)
 
 
+@data.command("init")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--no-write", is_flag=True, help="Do not write a classes.yaml template when there is none.")
+def init(root: str, no_write: bool) -> None:
+    """Find how ROOT's images and masks are laid out; print the recipe's data section for the folder format.
+
+    Masks are the one-channel PNGs; folders and file-name endings (e.g. _image.jpg / _label.png) are
+    read from the files, and the result is checked by pairing every image of the train and val splits.
+    """
+    from ..data.detect import init_folder
+
+    _, lines = init_folder(root, write_classes=not no_write)
+    for line in lines:
+        click.echo(line)
+
+
 def _size(value: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in value.lower().split("x"))
