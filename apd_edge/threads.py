@@ -48,7 +48,9 @@ def resolve_threads(requested: int | None = None, recipe_value: int | None = Non
         from .errors import ApdError
 
         raise ApdError(f"--threads: expected a positive number, got {requested if requested is not None else recipe_value}")
-    n = requested or recipe_value or free_cores(cores, load)
+    # under torchrun the free cores are shared by the processes of this machine
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    n = requested or recipe_value or max(1, free_cores(cores, load) // local)
     warning = None
     if load is not None and load > cores:
         chosen = "as asked" if requested or recipe_value else "the free cores"

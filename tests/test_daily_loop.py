@@ -201,3 +201,10 @@ def test_training_shows_an_eval_progress_bar(tmp_path):
     res = CliRunner().invoke(cli, ["train", str(path), "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "eval:" in res.output and "batch" in res.output  # the validation bar (2 batches of 2 images)
+
+
+def test_free_cores_are_shared_by_torchrun_processes(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_threads(cores=16, load=0.0) == (4, None)
+    assert resolve_threads(cores=2, load=0.0) == (1, None)
+    assert resolve_threads(3, cores=16, load=0.0) == (3, None)
