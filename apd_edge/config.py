@@ -228,6 +228,7 @@ class Recipe:
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs"
+    threads: Optional[int] = field(default=None, metadata=_rng(1, None))  # CPU threads; None = the free cores
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -403,6 +404,9 @@ def validate_names(recipe: Recipe) -> None:
         return
     if recipe.data.dataset not in datasets:
         raise RecipeError(f"data.dataset: {unknown_name('dataset', recipe.data.dataset, datasets)}")
+    from .data.registry import check_options
+
+    check_options(recipe.data.dataset, recipe.data.options)  # through the format class itself
 
 
 def recipe_from_dict(data: dict | None) -> Recipe:
@@ -437,6 +441,7 @@ def _leaf_value(tp: Any, raw: str, parsed: Any) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``a.b=c`` overrides to a raw mapping (values parsed as YAML, then type-checked)."""
+    _drop_stale_options(data, overrides)
     for item in overrides:
         keys, value = _parse_override(item)
         node, cls = data, Recipe
@@ -478,6 +483,33 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     data.setdefault("name", path.stem)
     return recipe_from_dict(apply_overrides(data, overrides))
+
+
+def _drop_stale_options(data: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """``--set data.dataset=X`` switching formats drops the file's ``data.options`` (they belong to the old
+    format) with a note on stderr; options set on the command line are kept."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not section.get("options"):
+        return
+    new = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "data.dataset" and "=" in o]
+    if new:
+        drop_stale_options(data, new[-1], f"--set data.dataset={new[-1]}")
+
+
+def drop_stale_options(data: dict, new_dataset: str, why: str) -> None:
+    """Clear a raw recipe's ``data.options`` when ``data.dataset`` becomes ``new_dataset`` (a note on stderr)."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not section.get("options"):
+        return
+    old = section.get("dataset", DataConfig.dataset)
+    if new_dataset == old:
+        return
+    import sys
+
+    dropped = ", ".join(map(str, section["options"]))
+    section["options"] = {}
+    print(f"note: {why}: dropped data.options ({dropped}) of '{old}'; "
+          f"set the new dataset's with --set data.options.KEY=VALUE", file=sys.stderr)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -108,7 +108,7 @@ def test_bench_cli_ort_table_json_csv_png(tiny, tmp_path):
         r = rows[("ort", prec)]
         assert r["status"] == "ok", r["reason"]
         _sane_latency(r)
-        assert 0.0 <= r["miou"] <= 1.0 and r["eval_images"] == 3 and r["eval_data"] == "folder:val"
+        assert 0.0 <= r["miou"] <= 1.0 and r["eval_images"] == 3 and r["eval_data"] == "folder:val, all 3 images"
         assert r["size_mb"] > 0 and r["params"] > 100_000 and r["gmacs"] > 0
         assert r["batch_note"] == "static batch 1" and r["fps_batch"] is None  # exported with a fixed batch
         assert r["threads"] == "ort intra-op 1 [CPU]" and r["host_mem_mb"] is not None
@@ -262,3 +262,52 @@ def test_onnx_and_torch_mac_counts_agree(tiny):
     runner = TorchRunner(ckpt, load_manifest(bundle))
     assert onnx["macs"] == runner.count_macs() > 1e6
     assert 0.98 * runner.params <= onnx["params"] <= runner.params  # BatchNorm folded into convs in ONNX
+
+
+def test_precision_notes_and_plot_axes_from_zero(tmp_path):
+    """A lower precision slower than FP32 gets a one-line reason; bench.png's axes start at zero."""
+    from apd_edge.bench.report import Row, plot, precision_notes
+
+    def row(prec, ms, miou):
+        return Row(model="m", artifact="a", backend="ort", precision=prec, device="cpu", compute_p50=ms,
+                   e2e_p50=ms + 1, miou=miou)
+
+    rows = [row("fp32", 10.0, 0.5012), row("fp16", 14.0, 0.5011), row("int8", 8.0, 0.5004)]
+    notes = precision_notes(rows, flags={"avx2", "fma"})
+    assert len(notes) == 1 and notes[0].startswith("m ort/fp16 is slower than fp32 on cpu (14.00 vs 10.00 ms): ")
+    assert "no native FP16" in notes[0]
+    rows[2].compute_p50 = 12.0
+    notes = precision_notes(rows, flags={"avx2"})
+    assert "lacks int8 dot-product instructions" in notes[1]
+    assert "has avx512_vnni" in precision_notes(rows, flags={"avx512_vnni"})[1]
+
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    orig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen["ylim"], seen["xlim"], seen["title"] = fig.axes[0].get_ylim(), fig.axes[0].get_xlim(), fig.axes[0].get_title()
+        return orig(fig, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        plot(rows, tmp_path / "b.png")
+    finally:
+        plt.Figure.savefig = orig
+    assert seen["ylim"][0] == 0 and seen["ylim"][1] > 50.12 and seen["xlim"][0] == 0
+    assert "(mIoU 50.04 to 50.12 %)" in seen["title"]
+
+
+def test_bench_split_and_max_images_are_stated(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+
+    bundle, _, _ = tiny
+    res = CliRunner().invoke(cli, ["bench", str(bundle), "--precisions", "fp32", "--iters", "2", "--warmup", "0",
+                                   "--threads", "1", "--split", "train", "--max-images", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    r = _rows(tmp_path / "bench.json")[("ort", "fp32")]
+    assert r["eval_images"] == 2 and r["eval_data"] == "folder:train, 2 of 4 images (evenly spaced, max 2)"
+    assert "mIoU on folder:train, 2 of 4 images (evenly spaced, max 2)" in res.output

@@ -12,9 +12,10 @@ def test_check_ok_and_bad(tmp_path):
     root = camvid(tmp_path / "cv")
     res = CliRunner().invoke(cli, ["data", "check", f"camvid:{root}", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "train: 2 images, all valid" in res.output and "val: 1 images" in res.output
-    road = next(line for line in res.output.splitlines() if line.split()[:2] == ["3", "Road"])
-    assert road.split()[2] == str(3 * 24 * 8)  # one 8-px stripe per image, 3 images
+    assert "train: 2 images, all readable" in res.output and "val: 1 images" in res.output
+    train_table = res.output.split("split train")[1].split("split val")[0]
+    road = next(line for line in train_table.splitlines() if line.split()[:2] == ["3", "Road"])
+    assert road.split()[2] == str(2 * 24 * 8)  # one 8-px stripe per image, 2 train images
     png(root / "valannot" / "img0.png", mask_from([0, 42]))
     res = CliRunner().invoke(cli, ["data", "check", f"camvid:{root}", "--no-progress"])
     assert res.exit_code == 2
@@ -34,8 +35,8 @@ def test_synth_then_check(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "classes.yaml").is_file() and len(list((out / "masks" / "val").iterdir())) == 2
     res = CliRunner().invoke(cli, ["data", "check", f"folder:{out}", "--no-progress"])
-    assert res.exit_code == 0 and "train: 3 images" in res.output and "64x96" not in res.output
-    assert "96x64 (3)" in res.output
+    assert res.exit_code == 0 and "train: 3 images" in res.output and "96x64" not in res.output
+    assert "sizes (H x W) 64x96 (3)" in res.output
     res = CliRunner().invoke(cli, ["data", "synth", str(out), "--size", "32x32"])
     assert res.exit_code == 2 and "too small" in res.output
 

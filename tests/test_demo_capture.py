@@ -134,3 +134,15 @@ def test_dropped_stream_reconnects_then_gives_up():
     assert "stream dropped" in str(exc.value) and "pw" not in str(exc.value)
     assert len(opened) >= 2 and time.monotonic() - t0 < 6  # retried, and bounded by time
     assert not any(t.name == "apd-capture" and t.is_alive() for t in threading.enumerate())
+
+
+def test_image_folder_recursive_natural_order(tmp_path):
+    for folder, frame, v in (("seq10", "f1", 5), ("seq2", "f10", 4), ("seq2", "f9", 3), (".hidden", "f1", 9),
+                             ("", "a1", 1), ("seq1", "f1", 2)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / folder / f"{frame}.png"), np.full((8, 8, 3), v, np.uint8))
+    src = ImageFolderSource(tmp_path)
+    vals = []
+    while (f := src.read()) is not None:
+        vals.append(int(f[0, 0, 0]))
+    assert vals == [1, 2, 3, 4, 5]  # a1, seq1/f1, seq2/f9, seq2/f10, seq10/f1; hidden folders skipped

@@ -79,3 +79,20 @@ def test_show_without_gui_is_a_clear_error():
         pytest.skip("this OpenCV build has a GUI")
     with pytest.raises(ApdError, match="--show needs OpenCV with GUI support"):
         run_demo("unused", "0", show=True)
+
+
+def test_legend_scales_to_the_frame():
+    """On a 320-pixel-wide frame the legend takes at most a fifth of the width, names shortened if need be."""
+    names = ["road", "sidewalk", "vegetation", "traffic sign", "motorcycle", "person", "sky"]
+    pal = [[i * 30, 255 - i * 30, 100] for i in range(7)]
+    for h, w in ((240, 320), (180, 320), (720, 1280)):
+        img = np.zeros((h, w, 3), np.uint8)
+        box = draw_legend(img, names, pal)
+        assert box is not None
+        x0, y0, x1, y1 = box
+        assert x1 - x0 <= int(0.2 * w), (h, w, box)
+    tiny = draw_legend(np.zeros((64, 96, 3), np.uint8), names, pal)  # shortened names, or none at all
+    assert tiny is None or tiny[2] - tiny[0] <= 40
+    big = draw_legend(np.zeros((720, 1280, 3), np.uint8), names, pal)
+    small = draw_legend(np.zeros((240, 320, 3), np.uint8), names, pal)
+    assert (big[3] - big[1]) > 2 * (small[3] - small[1])  # rows grow with the frame

@@ -229,3 +229,30 @@ def test_pretrained_offline_error_is_one_clear_line(monkeypatch) -> None:
 def test_scratch_students_refuse_pretrained() -> None:
     with pytest.raises(ApdError, match="model.pretrained: false"):
         build_model("bisenetv2", 19, pretrained=True)
+
+
+def test_pretrained_offline_fails_fast(monkeypatch):
+    """No network and no cached weights: one quick probe, then a one-line error (no minute of retries)."""
+    import socket
+    import time
+
+    from apd_edge.models import common
+
+    calls = []
+
+    def refuse(addr, timeout=None):
+        calls.append((addr, timeout))
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(common, "weights_cached", lambda arch: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(ApdError, match=r"mobilenetv2_100 are not cached and the model hub is unreachable"):
+        common.timm_backbone("mobilenetv2_100", True, out_indices=(3, 4))
+    assert time.monotonic() - t0 < 2 and len(calls) == 1 and calls[0][1] <= 5
+    assert calls[0][0][0] == "huggingface.co"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's own offline switch: no probe at all
+    with pytest.raises(ApdError, match="unreachable"):
+        common.timm_backbone("mobilenetv2_100", True)
+    assert len(calls) == 1

@@ -74,24 +74,26 @@ def resolve_eval_data(manifest: dict | None, spec: str | None = None, split: str
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset, num_classes: int,
                        max_images: int | None = None, extra_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (first ``max_images``); mIoU as a fraction.
+    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (all, or ``max_images`` evenly spaced); mIoU as a fraction.
 
     ``num_classes``: the model's outputs; ``extra_classes``: its declared trailing outputs the dataset does
     not label (manifest ``extra_classes``), scored as errors and left out of the mean.
     """
+    from ..data.scoring import scored_indices
     from ..metrics import ConfusionMatrix, scored_classes
 
     scored = scored_classes(num_classes, getattr(dataset, "num_classes", num_classes - len(extra_classes or [])),
                             extra_classes, "the model")
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    idx = scored_indices(len(dataset), max_images)  # the rule eval and export parity use
+    n = len(idx)
     if n == 0:
         raise ApdError("the evaluation split has no images")
     cm = ConfusionMatrix(scored, extra_classes=num_classes - scored)
-    for i in range(n):
+    for i in idx:
         image, mask = dataset[i]
         pred = predict(image)
         if pred.shape != mask.shape:
             raise ApdError(f"prediction shape {pred.shape} differs from mask shape {mask.shape} (image {i})")
         cm.update(pred, mask)
     res = cm.compute()
-    return {"miou": float(res["miou"]), "acc": float(res["acc"]), "n": n}
+    return {"miou": float(res["miou"]), "acc": float(res["acc"]), "n": n, "total": len(dataset)}

@@ -165,7 +165,8 @@ def print_table(rows: list[Row], title: str | None = None, echo=print) -> None:
 
 
 def write_json(rows: list[Row], path: Path, machine: dict[str, Any], settings: dict[str, Any]) -> Path:
-    payload = {"machine": machine, "settings": settings, "rows": [asdict(r) for r in rows]}
+    payload = {"machine": machine, "settings": settings, "rows": [asdict(r) for r in rows],
+               "notes": precision_notes(rows)}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
 
@@ -206,6 +207,13 @@ def plot(rows: list[Row], path: Path, title: str = "latency vs mIoU") -> Path:
         ax.annotate(f"{r.model} {r.backend}/{r.precision}", (x, y), textcoords="offset points",
                     xytext=(5, 4 + 9 * (k % 3)), fontsize=7, color=color)
     ax.margins(x=0.3, y=0.15)
+    # both axes from zero: a 0.1-point mIoU difference must not fill the plot's height
+    xs = [r.e2e_p50 if r.e2e_p50 is not None else r.compute_p50 for r in measured]
+    ys = [100 * r.miou for r in measured if r.miou is not None]
+    ax.set_xlim(0, max(xs) * 1.3 if xs else 1)
+    ax.set_ylim(0, min(100.0, max(ys) * 1.15 + 1) if ys else 1)
+    if len(ys) > 1:
+        title += f"  (mIoU {min(ys):.2f} to {max(ys):.2f} %)"
     if not measured:
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("end-to-end latency p50 (ms, batch 1)")
@@ -228,6 +236,59 @@ def can_plot() -> bool:
     except ImportError:
         return False
     return True
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def _why_slower(precision: str, device: str, backend: str, flags: set[str]) -> str:
+    if device != "cpu":
+        if backend == "ort":
+            return ("ONNX Runtime's CUDA provider runs many Q/DQ and FP16 graphs with conversions around float "
+                    "kernels; TensorRT engines (--backends trt) are where lower precisions pay off on a GPU")
+        return "this GPU's kernels for it were not faster at this size (small models are often launch-bound)"
+    if precision == "fp16":
+        native = flags & {"avx512_fp16", "amx_fp16"}
+        return ("this CPU has native FP16 math, but the graph's casts around FP32-kept ops cost more than it saves"
+                if native else "this CPU has no native FP16 arithmetic (no AVX512-FP16/AMX-FP16), so FP16 runs as "
+                "conversions around FP32 work")
+    if precision == "int8":
+        vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+        if not vnni:
+            return ("this CPU lacks int8 dot-product instructions (VNNI/AMX/dotprod), so INT8 pays for "
+                    "quantize/dequantize without faster math")
+        return (f"this CPU has {', '.join(vnni)}, but quantize/dequantize around ops kept in float and memory-bound "
+                f"layers outweighed the int8 speed-up for this model and size")
+    return ""
+
+
+def precision_notes(rows: Iterable[Row], flags: set[str] | None = None) -> list[str]:
+    """One line per lower-precision row slower (compute p50) than FP32 of the same model, backend and device."""
+    rows = [r for r in rows if r.ok and r.compute_p50 is not None]
+    flags = cpu_flags() if flags is None else flags
+    notes = []
+    for r in rows:
+        if r.precision == "fp32":
+            continue
+        ref = next((f for f in rows if f.precision == "fp32" and (f.model, f.backend, f.device, f.artifact) ==
+                    (r.model, r.backend, r.device, r.artifact)), None)
+        if ref is None or r.compute_p50 <= ref.compute_p50:
+            continue
+        notes.append(f"{r.model} {r.backend}/{r.precision} is slower than fp32 on {r.device} "
+                     f"({r.compute_p50:.2f} vs {ref.compute_p50:.2f} ms): "
+                     f"{_why_slower(r.precision, r.device, r.backend, flags)}")
+    return notes
 
 
 def write_all(rows: list[Row], out_dir: Path, machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Path]:

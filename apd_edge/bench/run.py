@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import ApdError
 from .accuracy import EvalData, evaluate_predictor, resolve_eval_data
 from .machine import _run, describe, machine_info
-from .report import Row, print_table, write_all
+from ..data.scoring import describe_selection
+from .report import Row, precision_notes, print_table, write_all
 from .timing import HostMemory, summarize, time_calls
 
 BACKENDS = ("ort", "trt", "torch")
@@ -49,6 +50,7 @@ class BenchOptions:
     cuda_graph: bool = False
     input_size: tuple[int, int] | None = None
     verify: bool = True
+    split: str | None = None  # split scored for mIoU; None = the bundle's val split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +477,9 @@ def _accuracy_row(row: Row, runner, art: Artifact, opts: BenchOptions) -> None:
         return
     res = evaluate_predictor(runner.predict, ev.dataset, int(art.manifest["num_classes"]), opts.max_images,
                              extra_classes=art.manifest.get("extra_classes") or ())
-    row.miou, row.pixel_acc, row.eval_images, row.eval_data = res["miou"], res["acc"], res["n"], ev.label
+    name, _, split = ev.label.partition(":")
+    row.miou, row.pixel_acc, row.eval_images = res["miou"], res["acc"], res["n"]
+    row.eval_data = describe_selection(name, split, res["n"], res["total"], opts.max_images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,7 +508,7 @@ def run_bench(artifacts: Sequence[str | Path] | None = None, backends: Sequence[
               max_images: int | None = None, threads: int | None = None, channels_last: bool = False,
               cuda_graph: bool = False, input_size: tuple[int, int] | None = None, export_dir: str | Path = "export",
               verify: bool = True, echo: Callable[[str], None] = print, write: bool = True,
-              show_table: bool = True) -> list[Row]:
+              show_table: bool = True, split: str | None = None) -> list[Row]:
     """Benchmark artifacts (bundle folders or checkpoints; default the newest bundle in ``export_dir``).
 
     Writes bench.json / bench.csv / bench.png to ``out`` (default: the first bundle's folder) and
@@ -521,7 +525,7 @@ def run_bench(artifacts: Sequence[str | Path] | None = None, backends: Sequence[
         if not p.exists():
             raise ApdError(f"artifact not found: {p}")
     opts = BenchOptions(backends, precisions, device, batch, warmup, iters, data, max_images, threads,
-                        channels_last, cuda_graph, tuple(input_size) if input_size else None, verify)
+                        channels_last, cuda_graph, tuple(input_size) if input_size else None, verify, split)
     out_dir = Path(out) if out else None
     rows: list[Row] = []
     machine = machine_info()
@@ -535,7 +539,7 @@ def run_bench(artifacts: Sequence[str | Path] | None = None, backends: Sequence[
                             status="failed", reason=_first_line(exc)))
             continue
         out_dir = out_dir or (art.bundle or art.path.parent)
-        art.eval = resolve_eval_data(art.manifest, data)
+        art.eval = resolve_eval_data(art.manifest, data, split)
         for backend in backends:
             for precision in precisions:
                 t0 = time.perf_counter()
@@ -545,6 +549,10 @@ def run_bench(artifacts: Sequence[str | Path] | None = None, backends: Sequence[
                 echo(f"  {row.model} {backend}/{precision}: {status} ({time.perf_counter() - t0:.1f} s)")
     if show_table:
         print_table(rows, title="apd-edge bench")
+        for scored in dict.fromkeys(r.eval_data for r in rows if r.ok and r.eval_images):
+            echo(f"mIoU on {scored}")
+        for note in precision_notes(rows):
+            echo(f"note: {note}")
     if write:
         out_dir = out_dir or Path(".")
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}

@@ -20,8 +20,11 @@ def _csv(value: str) -> list[str]:
 @click.option("--iters", type=int, default=50, show_default=True, help="Timed calls per latency.")
 @click.option("--data", default=None, metavar="DATASET:ROOT",
               help="Val data for mIoU (default: the dataset recorded in the bundle).")
-@click.option("--max-images", type=int, default=None, help="Evaluate mIoU on at most this many val images.")
-@click.option("--threads", type=int, default=None, help="CPU threads (ORT intra-op / torch); default: library's.")
+@click.option("--split", default=None, help="Split scored for mIoU (default: the bundle's val split).")
+@click.option("--max-images", type=click.IntRange(1), default=None,
+              help="Score N images spread evenly over the split (the rule eval and export parity use).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (ORT intra-op / torch); default: the cores not already busy.")
 @click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format.")
 @click.option("--cuda-graph", is_flag=True, help="torch backend on CUDA: capture and replay a CUDA graph.")
 @click.option("--input-size", type=int, nargs=2, default=None, metavar="H W",
@@ -31,15 +34,18 @@ def _csv(value: str) -> list[str]:
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for bench.json/csv/png (default: the bundle folder).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of model files.")
-def bench(artifacts, backends, precisions, device, batch, warmup, iters, data, max_images, threads, channels_last,
-          cuda_graph, input_size, export_dir, out, no_verify) -> None:
+def bench(artifacts, backends, precisions, device, batch, warmup, iters, data, split, max_images, threads,
+          channels_last, cuda_graph, input_size, export_dir, out, no_verify) -> None:
     """Benchmark ARTIFACTS (bundle folders or checkpoints; default: newest bundle in --export-dir)."""
     from ..bench.run import run_bench
+    from ..threads import setup_threads
+
+    threads = setup_threads(threads, torch=False)  # torch only when a torch row imports it
 
     rows = run_bench(list(artifacts) or None, backends=_csv(backends), precisions=_csv(precisions), device=device,
                      batch=batch, warmup=warmup, iters=iters, data=data, out=out, max_images=max_images,
                      threads=threads, channels_last=channels_last, cuda_graph=cuda_graph,
                      input_size=tuple(input_size) if input_size else None, export_dir=export_dir,
-                     verify=not no_verify, echo=click.echo)
+                     verify=not no_verify, echo=click.echo, split=split)
     n_ok = sum(r.ok for r in rows)
     click.echo(f"{n_ok} of {len(rows)} rows measured")

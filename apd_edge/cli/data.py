@@ -25,12 +25,37 @@ def list_cmd() -> None:
 @click.argument("spec")
 @click.option("--split", "splits", multiple=True, help="Split to check (repeatable); default: the train and val splits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def check(spec: str, splits: tuple[str, ...], no_progress: bool) -> None:
-    """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid)."""
+@click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a data value, e.g. --set data.options.img_suffix=_image.jpg (repeatable).")
+def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, overrides: tuple[str, ...]) -> None:
+    """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid).
+
+    Prints one class-pixel table per split and warns about splits that are mostly void (> 50 %),
+    entirely void images and classes without pixels.
+    """
     from ..data.check import check_dataset
 
-    report = check_dataset(spec, list(splits) or None, progress=not no_progress)
+    report = check_dataset(spec, list(splits) or None, progress=not no_progress, overrides=overrides)
     click.echo(report.table())
+    if strict and report.warnings():
+        raise SystemExit(1)
+
+
+@data.command("init")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--no-write", is_flag=True, help="Do not write a classes.yaml template when there is none.")
+def init(root: str, no_write: bool) -> None:
+    """Find how ROOT's images and masks are laid out; print the recipe's data section for the folder format.
+
+    Masks are the one-channel PNGs; folders and file-name endings (e.g. _image.jpg / _label.png) are
+    read from the files, and the result is checked by pairing every image of the train and val splits.
+    """
+    from ..data.detect import init_folder
+
+    _, lines = init_folder(root, write_classes=not no_write)
+    for line in lines:
+        click.echo(line)
 
 
 def _size(value: str) -> tuple[int, int]:

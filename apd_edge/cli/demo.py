@@ -19,13 +19,17 @@ import click
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
 @click.option("--legend/--no-legend", default=True, show_default=True)
 @click.option("--hud/--no-hud", default=True, show_default=True, help="FPS / latency counter.")
-@click.option("--threads", type=int, default=None, help="ORT intra-op threads.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ORT intra-op threads (default: the cores not already busy).")
 @click.option("--reconnect", "reconnect_s", type=float, default=10.0, show_default=True,
               help="Seconds to keep reconnecting a dropped stream.")
 def demo(bundle, source, backend, precision, device, alpha, show, save, fourcc, max_frames, legend, hud, threads,
          reconnect_s) -> None:
     """Segment frames from --source with BUNDLE and draw the class overlay."""
     from ..demo.run import run_demo
+    from ..threads import setup_threads
+
+    threads = setup_threads(threads, torch=False)
 
     stats = run_demo(bundle, source, backend=backend, precision=precision, device=device, alpha=alpha, show=show,
                      save=save, max_frames=max_frames, fourcc=fourcc, legend=legend, hud=hud, threads=threads,

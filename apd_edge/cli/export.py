@@ -39,7 +39,6 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--int8-max-float", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Most quantizable groups (fraction) that mixed precision may keep in float.")
 @click.option("--no-sensitivity", is_flag=True, help="Skip the per-layer INT8 sensitivity analysis.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for ONNX Runtime during calibration and checks.")
 @click.option("--parity-images", default=128, show_default=True, type=click.IntRange(1),
               help="Val images for the ONNX-vs-PyTorch parity check and mIoU.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines on this machine's GPU.")
@@ -48,6 +47,8 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--preprocess", type=click.Choice(["pad", "resize"]), help="Fit images by pad-and-crop or resize.")
 @click.option("--exclude-node", "exclude", multiple=True, metavar="NAME",
               help="ONNX node to keep in float when quantizing (repeatable; the classifier always is).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch and ONNX Runtime (default: the cores not already busy).")
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
            plain_int8, int8_max_float, no_sensitivity, threads, parity_images, trt, data_root, opset, preprocess,
            exclude) -> None:
@@ -67,6 +68,9 @@ def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_image
         click.echo(str(source))
         return
     from ..export import export_bundle
+    from ..threads import setup_threads
+
+    threads = setup_threads(threads)
 
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
     out = export_bundle(source, out_dir, name=name, input_size=_parse_size(size), precisions=precisions,

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "eval": "apd_edge.cli.train:eval_cmd",
     "quickstart": "apd_edge.cli.train:quickstart",
     "import": "apd_edge.cli.import_cmd:import_cmd",
+    "runs": "apd_edge.cli.runs:runs",
 }
 
 

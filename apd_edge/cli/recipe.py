@@ -22,5 +22,10 @@ def check(file: str, overrides: tuple[str, ...]) -> None:
     """Validate FILE (with overrides), including model and dataset names, and print the resolved recipe."""
     r = load_recipe(file, overrides)
     validate_names(r)
+    from ..data.check import describe_splits
+
+    lines = describe_splits(r.data)  # builds the splits when data.root is here: layout errors show now
     click.echo(recipe_to_yaml(r), nl=False)
+    for line in lines:
+        click.echo(f"# {line}", err=True)
     click.echo(f"# {file}: valid", err=True)

@@ -10,13 +10,19 @@ from .recipe import set_option
 resume_option = click.option("--resume", is_flag=True,
                              help="Continue the run in runs/<name>/ from its last.pt (same step, optimizer, RNG).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+threads_option = click.option("--threads", type=click.IntRange(1), default=None,
+                              help="CPU threads for torch and ONNX Runtime (default: the recipe's 'threads', "
+                                   "else the cores not already busy).")
 
 
-def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, quiet: bool) -> None:
+def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, quiet: bool,
+         threads: int | None = None) -> None:
     from ..config import load_recipe
     from ..engine.trainer import train as train_fn
+    from ..threads import setup_threads
 
     recipe = load_recipe(file, overrides)
+    setup_threads(threads, recipe.threads)
     run_dir = train_fn(recipe, resume=resume, distill=distill, progress=not quiet)
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -32,9 +38,10 @@ def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, qui
 @set_option
 @resume_option
 @quiet_option
-def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
+@threads_option
+def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None) -> None:
     """Train a model alone (a teacher, or a student baseline): distill.method is forced to none."""
-    _run(recipe_file, overrides, resume, distill=False, quiet=quiet)
+    _run(recipe_file, overrides, resume, distill=False, quiet=quiet, threads=threads)
 
 
 @click.command("distill")
@@ -42,9 +49,10 @@ def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: boo
 @set_option
 @resume_option
 @quiet_option
-def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
+@threads_option
+def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None) -> None:
     """Distill the recipe's frozen teacher into its student (distill.method: apd, kd, cwd or none)."""
-    _run(recipe_file, overrides, resume, distill=True, quiet=quiet)
+    _run(recipe_file, overrides, resume, distill=True, quiet=quiet, threads=threads)
 
 
 def _parse_scales(value: str | None) -> list[float] | None:
@@ -68,23 +76,29 @@ def _parse_scales(value: str | None) -> list[float] | None:
 @click.option("--scales", default=None, metavar="S1,S2,...", help="Multi-scale evaluation, e.g. 0.75,1,1.25.")
 @click.option("--save-vis", type=click.Path(file_okay=False), default=None,
               help="Write image | ground truth | prediction PNGs to this folder.")
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Score N images spread evenly over the split (the rule export parity and bench use).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @quiet_option
+@threads_option
 def eval_cmd(source: str, data: str | None, overrides: tuple[str, ...], split: str | None, flip: bool | None,
-             scales: str | None, save_vis: str | None, max_images: int | None, device: str, quiet: bool) -> None:
+             scales: str | None, save_vis: str | None, max_images: int | None, device: str, quiet: bool,
+             threads: int | None) -> None:
     """Evaluate a checkpoint (or a run folder: best.pt, else last.pt) and print per-class IoU."""
     from ..engine.evaluate import evaluate_checkpoint
+    from ..threads import setup_threads
+
+    setup_threads(threads)
 
     res = evaluate_checkpoint(source, data=data, overrides=overrides, split=split, flip=flip,
                               scales=_parse_scales(scales), save_vis=save_vis, max_images=max_images,
                               device=device, progress=not quiet)
-    click.echo(f"{res['model_name']} (step {res['step']}) on {res['dataset']}/{res['split']}: "
-               f"{res['images']} images in {res['seconds']:.1f} s")
+    click.echo(f"{res['model_name']} (step {res['step']}) on {res['selection']}: {res['images']} scored "
+               f"in {res['seconds']:.1f} s")
     click.echo(res["table"])
     click.echo(f"mIoU {100 * res['miou']:.2f}  acc {100 * res['acc']:.2f}  mAcc {100 * res['macc']:.2f}")
     if save_vis:
-        click.echo(f"visualisations: {save_vis}")
+        click.echo(f"visualisations: {len(res['vis_files'])} PNGs in {save_vis}")
 
 
 @click.command("quickstart")
@@ -94,9 +108,13 @@ def eval_cmd(source: str, data: str | None, overrides: tuple[str, ...], split: s
               help="Folder for the student's bundle.")
 @click.option("--fast", is_flag=True, help="Fewer iterations (a smoke test, not a result).")
 @quiet_option
-def quickstart(out: str, export_dir: str, fast: bool, quiet: bool) -> None:
+@threads_option
+def quickstart(out: str, export_dir: str, fast: bool, quiet: bool, threads: int | None) -> None:
     """The whole pipeline on synthetic data: teacher, APD student, evaluation, export, benchmark."""
     from ..pipeline import format_pipeline, run_pipeline
+    from ..threads import setup_threads
+
+    setup_threads(threads)
 
     res = run_pipeline(out=out, export_dir=export_dir, fast=fast, progress=not quiet, echo=click.echo)
     click.echo(format_pipeline(res))

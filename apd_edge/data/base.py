@@ -107,6 +107,33 @@ class SegDataset:
         self.palette: list[list[int]] = []
         self.lut: np.ndarray | None = None  # raw mask value -> train id (INVALID = error)
 
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Check ``data.options`` without touching any file (``recipe check`` calls this); returns them
+        merged over the defaults. Formats extend it with their own value checks."""
+        from ..errors import suggest
+
+        for key in options:
+            if key not in cls.OPTIONS:
+                valid = ", ".join(sorted(cls.OPTIONS)) or "none"
+                raise ApdError(f"unknown data.options key '{key}' for dataset '{cls.name}'"
+                               f"{suggest(str(key), cls.OPTIONS)}; valid: {valid}")
+        for key, value in options.items():
+            default = cls.OPTIONS[key]
+            if default is None or value is None and key in cls.NULLABLE:
+                continue
+            want = type(default)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                        list: "a list", dict: "a mapping"}.get(want, want.__name__)
+                raise ApdError(f"data.options.{key}: expected {kind} for dataset '{cls.name}', got {value!r}")
+        return {**cls.OPTIONS, **options}
+
+    #: option keys whose default is not None but that also accept null
+    NULLABLE: tuple[str, ...] = ()
+
     # -- the contract ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -122,8 +149,8 @@ class SegDataset:
         mask = self.load_mask(mask_path)
         if mask.shape[:2] != img.shape[:2]:
             raise ApdError(
-                f"image and mask sizes differ: {img_path} is {img.shape[1]}x{img.shape[0]}, "
-                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}"
+                f"image and mask sizes differ (H x W): {img_path} is {img.shape[0]}x{img.shape[1]}, "
+                f"{mask_path} is {mask.shape[0]}x{mask.shape[1]}"
             )
         return img, mask
 

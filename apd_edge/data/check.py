@@ -12,11 +12,31 @@ from ..errors import ApdError
 from .registry import build_dataset, list_datasets
 
 
+VOID_WARN = 0.5  # warn when more than this share of a split's pixels is void
+
+
 @dataclass
 class SplitReport:
     name: str
     images: int
     sizes: dict[tuple[int, int], int]  # (H, W) -> count
+    pixels: np.ndarray | None = None  # per class
+    void: int = 0
+    all_void_images: int = 0
+
+    def warnings(self, class_names: list[str]) -> list[str]:
+        out = []
+        pix = self.pixels if self.pixels is not None else np.zeros(len(class_names), np.int64)
+        total = int(pix.sum()) + self.void
+        if total and self.void / total > VOID_WARN:
+            out.append(f"{self.name}: {100 * self.void / total:.1f}% of pixels are void (255): are the masks read "
+                       f"with the right label mapping (classes file, ignore_index, mask_suffix)?")
+        if self.all_void_images:
+            out.append(f"{self.name}: {self.all_void_images} of {self.images} images are entirely void")
+        absent = [n for k, n in enumerate(class_names) if pix[k] == 0]
+        if absent:
+            out.append(f"{self.name}: {len(absent)} classes with no pixels: {', '.join(absent)}")
+        return out
 
 
 @dataclass
@@ -25,35 +45,51 @@ class CheckReport:
     root: str | None
     class_names: list[str]
     splits: list[SplitReport] = field(default_factory=list)
-    pixels: np.ndarray | None = None  # per class, over all checked splits
-    void: int = 0
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """Per-class pixels over all checked splits."""
+        return sum((s.pixels for s in self.splits if s.pixels is not None), np.zeros(len(self.class_names), np.int64))
+
+    @property
+    def void(self) -> int:
+        return sum(s.void for s in self.splits)
+
+    def warnings(self) -> list[str]:
+        return [w for s in self.splits for w in s.warnings(self.class_names)]
 
     def table(self) -> str:
-        """Summary lines and a per-class pixel frequency table."""
+        """Summary lines, one per-class pixel table per split (sizes are H x W), then the warnings."""
         lines = [f"dataset {self.dataset}" + (f" at {self.root}" if self.root else "") +
                  f": {len(self.class_names)} classes"]
         for s in self.splits:
             common = sorted(s.sizes.items(), key=lambda kv: -kv[1])
-            sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in common[:4]) + (", ..." if len(common) > 4 else "")
-            lines.append(f"  {s.name}: {s.images} images, all valid; sizes {sizes}")
-        pix = self.pixels if self.pixels is not None else np.zeros(len(self.class_names), np.int64)
-        total = int(pix.sum()) + self.void
+            sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in common[:4]) + (", ..." if len(common) > 4 else "")
+            lines.append(f"  {s.name}: {s.images} images, all readable; sizes (H x W) {sizes}")
         width = max([len(n) for n in self.class_names] + [5])
-        lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels':>12}  {'share':>7}")
-        for k, name in enumerate(self.class_names):
-            lines.append(f"{k:>3}  {name:<{width}}  {int(pix[k]):>12}  {100 * pix[k] / max(total, 1):6.2f}%")
-        lines.append(f"{IGNORE_INDEX:>3}  {'void':<{width}}  {self.void:>12}  {100 * self.void / max(total, 1):6.2f}%")
-        absent = [n for k, n in enumerate(self.class_names) if pix[k] == 0]
-        if absent:
-            lines.append(f"classes with no pixels: {', '.join(absent)}")
+        for s in self.splits:
+            pix = s.pixels if s.pixels is not None else np.zeros(len(self.class_names), np.int64)
+            total = int(pix.sum()) + s.void
+            lines.append("")
+            lines.append(f"split {s.name} ({s.images} images)")
+            lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels':>12}  {'share':>7}")
+            for k, name in enumerate(self.class_names):
+                lines.append(f"{k:>3}  {name:<{width}}  {int(pix[k]):>12}  {100 * pix[k] / max(total, 1):6.2f}%")
+            lines.append(f"{IGNORE_INDEX:>3}  {'void':<{width}}  {s.void:>12}  {100 * s.void / max(total, 1):6.2f}%")
+        warnings = self.warnings()
+        lines.append("")
+        lines.extend(f"warning: {w}" for w in warnings)
+        if not warnings:
+            lines.append("no warnings")
         return "\n".join(lines)
 
 
-def parse_spec(spec: str) -> DataConfig:
-    """A recipe file (its ``data`` section) or ``DATASET:ROOT`` (``synthetic`` alone needs no root)."""
+def parse_spec(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> DataConfig:
+    """A recipe file (its ``data`` section) or ``DATASET:ROOT`` (``synthetic`` alone needs no root), with
+    ``--set data.options.KEY=VALUE``-style overrides."""
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
-        return load_recipe(path).data
+        return load_recipe(path, overrides).data
     name, _, root = spec.partition(":")
     if name not in list_datasets():
         from ..errors import unknown_name
@@ -61,28 +97,48 @@ def parse_spec(spec: str) -> DataConfig:
         raise unknown_name("dataset", name, list_datasets())
     if not root and name != "synthetic":
         raise ApdError(f"'{spec}': expected DATASET:ROOT, e.g. {name}:path/to/{name}, or a recipe file")
+    if overrides:
+        from ..config import apply_overrides, recipe_from_dict
+
+        return recipe_from_dict(apply_overrides({"data": {"dataset": name, "root": root or None}}, overrides)).data
     return DataConfig(dataset=name, root=root or None)
 
 
-def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True) -> CheckReport:
+def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True,
+                  overrides: list[str] | tuple[str, ...] = ()) -> CheckReport:
     """Read every image and mask of each split (default: train and val split of the config); raise on bad data."""
     from tqdm import tqdm
 
-    cfg = parse_spec(data) if isinstance(data, str) else data
+    cfg = parse_spec(data, overrides) if isinstance(data, str) else data
     names = splits or [cfg.train_split, cfg.val_split]
     report: CheckReport | None = None
-    counts = np.zeros(256, np.int64)
     for split in names:
         ds = build_dataset(cfg, split)
         if report is None:
             report = CheckReport(cfg.dataset, cfg.root, list(ds.class_names))
         sizes: dict[tuple[int, int], int] = {}
+        counts = np.zeros(256, np.int64)
+        all_void = 0
         for i in tqdm(range(len(ds)), desc=f"{cfg.dataset}/{split}", unit="img", disable=not progress, leave=False):
             _, mask = ds[i]  # decoding, size and value checks raise ApdError naming the file
             sizes[mask.shape[:2]] = sizes.get(mask.shape[:2], 0) + 1
-            counts += np.bincount(mask.ravel(), minlength=256)
-        report.splits.append(SplitReport(split, len(ds), sizes))
+            c = np.bincount(mask.ravel(), minlength=256)
+            all_void += int(c[IGNORE_INDEX] == mask.size)
+            counts += c
+        report.splits.append(SplitReport(split, len(ds), sizes, counts[: len(report.class_names)].copy(),
+                                         int(counts[IGNORE_INDEX]), all_void))
     assert report is not None
-    report.pixels = counts[: len(report.class_names)].copy()
-    report.void = int(counts[IGNORE_INDEX])
     return report
+
+
+def describe_splits(cfg: DataConfig, splits: list[str] | None = None) -> list[str]:
+    """Build each split (lists files, decodes nothing): one line per split, or why files were not read."""
+    if cfg.root is None and cfg.dataset != "synthetic":
+        return []
+    if cfg.root is not None and not Path(cfg.root).exists():
+        return [f"data.root {cfg.root} does not exist here: options checked, files not read"]
+    lines = []
+    for split in splits or [cfg.train_split, cfg.val_split]:
+        ds = build_dataset(cfg, split)
+        lines.append(f"data {split}: {len(ds)} images, {ds.num_classes} classes ({cfg.dataset})")
+    return lines

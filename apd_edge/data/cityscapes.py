@@ -1,7 +1,13 @@
-"""Cityscapes as distributed: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and ``gtFine/<split>/<city>/``.
+"""Cityscapes as distributed: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and ``gtFine/<split>/<city>/``,
+and any dataset laid out like it.
 
 Uses ``*_gtFine_labelTrainIds.png`` when present, else maps ``*_gtFine_labelIds.png`` on the fly with the
 official labelId -> trainId table (19 classes, everything else void).
+
+Options make it a generic Cityscapes-style reader: ``img_dir``/``mask_dir`` (the two top folders),
+``img_suffix``/``mask_suffix`` (file-name endings, e.g. ``_image.jpg`` / ``_label.png``) and
+``classes_file`` (its own class list and optional ``label_map``, the ``folder`` format's classes file).
+With a classes file the masks hold class indices (or values mapped by its ``label_map``), 255 void.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import numpy as np
 from ..config import IGNORE_INDEX
 from ..errors import ApdError
 from .base import INVALID, SegDataset, apply_lut, identity_lut, read_mask_raw
+from .layout import check_subdir, check_suffix, find_classes_file, image_files, load_class_spec, mask_for
 from .registry import register
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -37,20 +44,47 @@ def label_id_lut() -> np.ndarray:
 
 @register("cityscapes")
 class Cityscapes(SegDataset):
-    OPTIONS: dict = {}
+    OPTIONS: dict = {"img_dir": "leftImg8bit", "mask_dir": "gtFine", "img_suffix": "_leftImg8bit.png",
+                     "mask_suffix": None, "classes_file": None}
+
+    @classmethod
+    def validate_options(cls, options: dict) -> dict:
+        opt = super().validate_options(options)
+        for key in ("img_dir", "mask_dir"):
+            check_subdir(key, opt[key])
+        for key in ("img_suffix", "mask_suffix"):
+            check_suffix(key, opt[key])
+        if opt["img_suffix"] is None:
+            raise ApdError("data.options.img_suffix: cityscapes needs the image file ending, e.g. _leftImg8bit.png")
+        return opt
 
     def __init__(self, root, split, options=None) -> None:
         super().__init__(root, split, options)
-        self.set_classes(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
-        self.require_dir(self.root, LAYOUT)
-        img_dir = self.require_dir(self.root / "leftImg8bit" / split, LAYOUT)
-        gt_dir = self.require_dir(self.root / "gtFine" / split, LAYOUT)
-        self._lut_ids, self._lut_train = label_id_lut(), identity_lut(19)
+        opt = self.options = self.validate_options(options or {})
+        layout = (f"ROOT/{opt['img_dir']}/<split>/<city>/*{opt['img_suffix']} and "
+                  f"ROOT/{opt['mask_dir']}/<split>/<city>/*{opt['mask_suffix'] or '_gtFine_labelIds.png'}")
+        self.require_dir(self.root, layout)
+        img_dir = self.require_dir(self.root / opt["img_dir"] / split, layout)
+        gt_dir = self.require_dir(self.root / opt["mask_dir"] / split, layout)
         self._train_ids: set = set()
-        for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
-            stem = img.name[: -len("_leftImg8bit.png")]
-            train_ids = gt_dir / img.parent.name / f"{stem}_gtFine_labelTrainIds.png"
-            label_ids = gt_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
+        if opt["classes_file"]:
+            spec = load_class_spec(find_classes_file(self.root, opt["classes_file"], self.name))
+            self.set_classes(spec.names, spec.palette)
+            self._lut_ids = self._lut_train = spec.lut()
+        else:
+            self.set_classes(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
+            self._lut_ids, self._lut_train = label_id_lut(), identity_lut(19)
+        suffix = opt["mask_suffix"]
+        for img in image_files(img_dir, opt["img_suffix"]):
+            if suffix or opt["classes_file"]:
+                mask = mask_for(img, img_dir, gt_dir, opt["img_suffix"], suffix or "_gtFine_labelIds.png", self.name)
+                self.samples.append((img, mask))
+                if not opt["classes_file"] and "TrainIds" in mask.name:
+                    self._train_ids.add(mask)
+                continue
+            stem = img.name[: -len(opt["img_suffix"])]
+            train_ids = gt_dir / img.parent.relative_to(img_dir) / f"{stem}_gtFine_labelTrainIds.png"
+            label_ids = gt_dir / img.parent.relative_to(img_dir) / f"{stem}_gtFine_labelIds.png"
             if train_ids.is_file():
                 self.samples.append((img, train_ids))
                 self._train_ids.add(train_ids)
@@ -58,7 +92,7 @@ class Cityscapes(SegDataset):
                 self.samples.append((img, label_ids))
             else:
                 raise ApdError(f"cityscapes: no mask for {img} (expected {label_ids})")
-        self.require_nonempty(LAYOUT)
+        self.require_nonempty(layout)
         self.lut = self._lut_ids
 
     def load_mask(self, path):

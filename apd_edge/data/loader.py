@@ -41,6 +41,25 @@ class TorchSegDataset(Dataset):
         return torch.from_numpy(img), torch.from_numpy(mask)
 
 
+class _Subset:
+    """The images ``indices`` of a SegDataset, with its attributes (classes, palette, root) passed through."""
+
+    def __init__(self, ds: SegDataset, indices: list[int]) -> None:
+        self.ds, self.indices = ds, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.ds[self.indices[i]]
+
+    def paths(self, i: int):
+        return self.ds.paths(self.indices[i])
+
+    def __getattr__(self, name: str):
+        return getattr(self.ds, name)
+
+
 def _worker_init(worker_id: int) -> None:
     # Each worker decodes/augments on one core. Thread pools are NOT reconfigured here: a forked child
     # that calls cv2.setNumThreads or torch.set_num_threads waits forever on pool threads that exist only
@@ -81,10 +100,14 @@ def pad_collate(batch):
 
 
 def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int | None = None,
-                 distributed: bool = False) -> DataLoader:
-    """A DataLoader over ``recipe.data`` split ``split``: augmented crops when ``train``, whole images otherwise."""
+                 distributed: bool = False, indices: list[int] | None = None) -> DataLoader:
+    """A DataLoader over ``recipe.data`` split ``split``: augmented crops when ``train``, whole images otherwise.
+
+    ``indices`` keeps only those images of the split, in that order (see data.scoring)."""
     d = recipe.data
     ds = build_dataset(d, split)
+    if indices is not None:
+        ds = _Subset(ds, indices)
     if train:
         transform = TrainTransform(recipe.train.crop, d.augment, d.mean, d.std)
         bs = batch_size or recipe.train.batch_size

@@ -6,7 +6,7 @@ import importlib
 from typing import Callable
 
 from ..config import DataConfig
-from ..errors import ApdError, suggest
+from ..errors import ApdError
 from ..registry import Registry
 from .base import SegDataset
 
@@ -41,13 +41,10 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def check_options(name: str, cls: type[SegDataset], options: dict) -> None:
-    for key in options:
-        if key not in cls.OPTIONS:
-            valid = ", ".join(sorted(cls.OPTIONS)) or "none"
-            raise ApdError(
-                f"unknown data.options key '{key}' for dataset '{name}'{suggest(str(key), cls.OPTIONS)}; valid: {valid}"
-            )
+def check_options(name: str, options: dict) -> dict:
+    """Validate ``data.options`` for dataset ``name`` through the format class itself (no file access)."""
+    _load_formats()
+    return DATASETS.get(name).validate_options(dict(options or {}))
 
 
 def build_dataset(data_cfg: DataConfig, split: str) -> SegDataset:
@@ -55,7 +52,7 @@ def build_dataset(data_cfg: DataConfig, split: str) -> SegDataset:
     _load_formats()
     cls = DATASETS.get(data_cfg.dataset)
     options = dict(data_cfg.options or {})
-    check_options(data_cfg.dataset, cls, options)
+    cls.validate_options(options)
     if data_cfg.root is None and data_cfg.dataset != "synthetic":
         raise ApdError(f"data.root is required for dataset '{data_cfg.dataset}'")
     ds = cls(data_cfg.root, split, options)

@@ -66,8 +66,10 @@ def classify_source(source: str | int) -> tuple[str, Any]:
                    "a video file, an image folder or an rtsp/http URL)")
 
 
-def _natural_key(p: Path) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+def _natural_key(p: Path | str) -> list:
+    """``seq2/frame10`` after ``seq2/frame9`` and ``seq10`` after ``seq2`` (folder by folder)."""
+    text = p if isinstance(p, str) else p.name
+    return [[int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", part)] for part in text.split("/")]
 
 
 class FrameSource:
@@ -92,13 +94,15 @@ class FrameSource:
 
 
 class ImageFolderSource(FrameSource):
-    """Every image of a folder in natural order (``2.png`` before ``10.png``), or a single image file."""
+    """Every image of a folder and its subfolders in natural order (``2.png`` before ``10.png``), or one image."""
 
     def __init__(self, path: Path, fps: float = 10.0) -> None:
         self.name = str(path)
         self.fps = fps
         if path.is_dir():
-            self.files = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            found = (f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+                     and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            self.files = sorted(found, key=lambda f: _natural_key(f.relative_to(path).as_posix()))
         else:
             self.files = [path]
         if not self.files:

@@ -36,22 +36,40 @@ def _text_scale(h: int) -> tuple[float, int, int]:
 
 
 def draw_legend(img: np.ndarray, classes: Sequence[str], palette, present: Sequence[int] | None = None,
-                max_rows: int | None = None) -> Rect | None:
+                max_rows: int | None = None, max_width: float = 0.2) -> Rect | None:
     """Colour swatches with class names in the top-right corner (in place). Returns the box or None.
+
+    The box stays within ``max_width`` of the frame width (at least 40 px): the text shrinks, then long
+    names are shortened; a frame too small even for that gets no legend (None).
 
     ``present`` limits the legend to those class ids (e.g. classes visible in the frame); rows that do
     not fit the frame height are dropped.
     """
     h, w = img.shape[:2]
     ids = list(range(len(classes))) if present is None else [int(i) for i in present if 0 <= int(i) < len(classes)]
-    scale, thick, line = _text_scale(h)
+    # scaled to the frame: text sized by the smaller of height and 3/4 width, and the box kept within
+    # max_width of the frame (smaller text first, then shortened names)
+    scale, thick, line = _text_scale(min(h, int(w * 0.75)))
     rows = min(len(ids), max(0, (h - 8) // line), max_rows or len(ids))
     if rows == 0:
         return None
     ids = ids[:rows]
+    names = {i: classes[i] for i in ids}
+    limit = max(40, int(w * max_width))
+
+    def box_width() -> int:
+        tw = max(cv2.getTextSize(names[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for i in ids)
+        return (line - 6) + tw + 14
+
+    while box_width() > limit and scale > 0.3:
+        scale = max(0.3, scale - 0.05)
+    while box_width() > limit and max(len(n) for n in names.values()) > 3:
+        longest = max(names, key=lambda i: len(names[i]))
+        names[longest] = names[longest][:-2] + "."
+    if box_width() > limit:  # a frame too small for a readable legend gets none
+        return None
     sw = line - 6
-    text_w = max(cv2.getTextSize(classes[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for i in ids)
-    box_w = min(w, sw + text_w + 14)
+    box_w = box_width()
     x0, y0, x1, y1 = w - box_w, 0, w, min(h, rows * line + 8)
     region = img[y0:y1, x0:x1]
     region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken for contrast
@@ -59,7 +77,7 @@ def draw_legend(img: np.ndarray, classes: Sequence[str], palette, present: Seque
     for k, cid in enumerate(ids):
         y = y0 + 4 + k * line
         cv2.rectangle(img, (x0 + 4, y + 2), (x0 + 4 + sw, y + 2 + sw), tuple(int(c) for c in pal[cid]), -1)
-        cv2.putText(img, classes[cid], (x0 + sw + 9, y + sw), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+        cv2.putText(img, names[cid], (x0 + sw + 9, y + sw), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
                     thick, cv2.LINE_AA)
     return (x0, y0, x1, y1)
 

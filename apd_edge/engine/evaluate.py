@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import IGNORE_INDEX, Recipe, apply_overrides, recipe_from_dict, recipe_to_dict
-from ..data.palette import colorize
+from ..config import IGNORE_INDEX, Recipe, apply_overrides, drop_stale_options, recipe_from_dict, recipe_to_dict
+from ..data.scoring import describe_selection, scored_indices
 from ..errors import ApdError
 from .inference import predict_scores
+from .vis import VisWriter  # one PNG per image, named after its source frame
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -93,28 +94,6 @@ def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return img.permute(1, 2, 0).cpu().numpy()
 
 
-class VisWriter:
-    """Writes ``image | ground truth | prediction`` PNGs, numbered in loader order."""
-
-    def __init__(self, out_dir: str | Path, palette, mean, std) -> None:
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.palette, self.mean, self.std = palette, mean, std
-        self.count = 0
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> None:
-        import cv2
-
-        for img, lab, pred in zip(images, labels, preds):
-            rgb = denormalize(img, self.mean, self.std)
-            gt = colorize(lab.cpu().numpy(), self.palette)
-            pr = colorize(pred.cpu().numpy(), self.palette)
-            sep = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-            row = np.concatenate([rgb, sep, gt, sep, pr], axis=1)
-            cv2.imwrite(str(self.out_dir / f"{self.count:05d}.png"), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-            self.count += 1
-
-
 # ------------------------------------------------------------------------------------------------
 # Checkpoint evaluation (what `apd-edge eval` calls)
 # ------------------------------------------------------------------------------------------------
@@ -130,6 +109,7 @@ def recipe_for_eval(ckpt: dict, data: str | None = None, overrides: Sequence[str
         name, _, root = data.partition(":")
         if not name:
             raise ApdError(f"--data {data!r}: expected DATASET or DATASET:ROOT, e.g. camvid:data/camvid")
+        drop_stale_options(raw, name, f"--data {data}")  # the checkpoint's options belong to its dataset
         raw["data"]["dataset"] = name
         raw["data"]["root"] = root or None
     return recipe_from_dict(apply_overrides(raw, list(overrides)))
@@ -156,16 +136,22 @@ def evaluate_checkpoint(source: str | Path, *, data: str | None = None, override
     extra = list(ckpt.get("extra_classes") or [])
     num_classes = scored_classes(int(ckpt["num_classes"]), dataset.num_classes, extra,
                                  where=f"the checkpoint (dataset '{recipe.data.dataset}')")
-    loader = build_loader(recipe, split, train=False, batch_size=recipe.eval.batch_size)
+    idx = scored_indices(len(dataset), max_images)  # the rule export parity and bench use too
+    loader = build_loader(recipe, split, train=False, batch_size=recipe.eval.batch_size,
+                          indices=idx if len(idx) < len(dataset) else None)
     names = list(ckpt.get("classes") or dataset.class_names)
     palette = ckpt.get("palette") or dataset.palette
-    vis = VisWriter(save_vis, palette, recipe.data.mean, recipe.data.std) if save_vis else None
+    vis = None
+    if save_vis:
+        vis = VisWriter(save_vis, palette, recipe.data.mean, recipe.data.std, names=names,
+                        sources=[dataset.paths(i)[0] for i in idx], root=dataset.root)
     result = evaluate(model, loader, num_classes,
                       flip=recipe.eval.flip if flip is None else flip,
                       scales=recipe.eval.scales if scales is None else scales,
                       window=window if window is not None else recipe.eval.sliding_window,
-                      stride=recipe.eval.sliding_stride, progress=progress, max_images=max_images,
-                      on_batch=vis, extra_classes=len(extra))
+                      stride=recipe.eval.sliding_stride, progress=progress, on_batch=vis, extra_classes=len(extra))
+    result["selection"] = describe_selection(recipe.data.dataset, split, len(idx), len(dataset), max_images)
+    result["vis_files"] = [str(p) for p in vis.written] if vis else []
     result["class_names"] = names
     result["table"] = result["confusion"].table(names)
     result["split"] = split

@@ -107,4 +107,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"mIoU      final {pct(final)}  best {pct(best)} (step {summary.get('best_step')})",
         f"weights   {summary['best_checkpoint'] or summary['last_checkpoint']}",
     ]
-    return "\n".join(lines)
+    if summary.get("curves"):
+        lines.append(f"curves    {summary['curves']}")
+    from .report import per_class_table
+
+    table = per_class_table(summary)
+    return "\n".join(lines + (["", "per-class IoU (%)", table] if table else []))

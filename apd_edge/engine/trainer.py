@@ -25,6 +25,7 @@ from ..errors import ApdError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (DistInfo, all_reduce_mean, any_true, average_gradients, barrier, broadcast_parameters,
                           cleanup, convert_sync_bn, init_distributed)
+from .report import exclude_from_eta, finish_run_report
 from .run import MetricsLog, point_latest, prepare_run_dir, write_recipe, write_summary
 from .schedule import WarmupPolyLR
 
@@ -339,7 +340,8 @@ class Trainer:
         e = self.recipe.eval
         with _ForkedRNG():
             res = evaluate(self.student, self.val_loader, self.num_classes, flip=e.flip, scales=e.scales,
-                           window=e.sliding_window, stride=e.sliding_stride, progress=False)
+                           window=e.sliding_window, stride=e.sliding_stride,
+                           progress=self.progress and self.info.is_main)
         self.student.train()
         return res
 
@@ -433,7 +435,9 @@ class Trainer:
                     sums, n_sum, t_log = {}, 0, time.perf_counter()
 
                 if self.step % tc.eval_interval == 0 or self.step == total:
+                    t_eval = time.perf_counter()
                     res = self._validate()
+                    exclude_from_eta(bar, time.perf_counter() - t_eval)  # the ETA is of training steps only
                     miou = float(res["miou"])
                     self.last_eval = res
                     improved = miou > self.best_miou
@@ -482,7 +486,7 @@ class Trainer:
             "last_checkpoint": str(last) if last.is_file() else None,
             "world_size": self.info.world_size, "device": str(self.device),
         }
-        write_summary(self.run_dir, summary)
+        write_summary(self.run_dir, finish_run_report(self.run_dir, summary))  # + per-class IoU, curves.png
 
     def close(self) -> None:
         cleanup(self.info)

@@ -19,6 +19,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ApdError
 from ..metrics import scored_classes
+from ..data.scoring import describe_selection
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
@@ -272,7 +273,8 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     # parity on real val images (or, without a dataset, a fixed pseudo-random image: max diff and agreement only)
     if val_ds is not None:
         images = val_items if val_items is not None else _images(val_ds, parity_idx)
-        parity_src = f"{recipe.data.dataset}:{recipe.data.val_split} ({len(parity_idx)} images)"
+        parity_src = describe_selection(recipe.data.dataset, recipe.data.val_split, len(parity_idx), len(val_ds),
+                                        parity_images)
     else:
         rng = np.random.default_rng(0)
         images = [(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8), None)]

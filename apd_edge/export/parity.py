@@ -52,10 +52,10 @@ def _miou(cm) -> float | None:
 
 
 def pick_indices(n_total: int, n: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(n_total)`` (all of them when n >= n_total)."""
-    if n >= n_total:
-        return list(range(n_total))
-    return sorted({int(round(i)) for i in np.linspace(0, n_total - 1, n)})
+    """``n`` indices spread evenly over ``range(n_total)``: the rule eval and bench score by (data.scoring)."""
+    from ..data.scoring import scored_indices
+
+    return scored_indices(n_total, n)
 
 
 def run_parity(model: torch.nn.Module, backends: dict[str, object], images: Sequence, prep: dict,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ApdError
+from ...threads import current as current_threads
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -32,6 +33,7 @@ class OrtBackend:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        threads = threads or current_threads()  # --threads of the command, when one set it
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
