@@ -124,7 +124,7 @@ def _write_samples(out: Path, val_ds, images, prep: dict, fp32_backend, parity_s
     """``samples.npz``: a few val images (or the parity image) with their FP32 labels, for device-side parity."""
     from .samples import SAMPLE_COUNT, write_samples
 
-    source = parity_src.split(" (")[0]
+    source = parity_src.split(",")[0].split(" (")[0]
     if val_ds is not None:
         idx = pick_indices(len(val_ds), SAMPLE_COUNT)
         picked, source = [img for img, _ in _images(val_ds, idx)], f"{source} images {idx}"
@@ -140,7 +140,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
                   parity_images: int = DEFAULT_PARITY_IMAGES, opset: int | None = None,
                   nodes_to_exclude: Sequence[str] | None = None, workspace_gb: float | None = None,
                   preprocess: str | None = None, progress: bool = True,
-                  int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool = True,
+                  int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
                   threads: int | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.

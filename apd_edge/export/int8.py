@@ -143,7 +143,7 @@ def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
 
 def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Callable[[], Iterable[np.ndarray]],
                calib_desc: dict, ev: EvalSet, method: str = "auto", target_drop: float | None = DEFAULT_TARGET_DROP,
-               sensitivity: bool = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
+               sensitivity: bool | str = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
                nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999, threads: int | None = None,
                cpu_variant: bool = True, range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None,
                log: Callable[[str], None] = lambda s: None) -> dict:
@@ -154,7 +154,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
     ``auto`` (each is tried, the lowest measured error wins). ``target_drop`` is the largest mIoU drop (points)
     against the FP32 ONNX that plain INT8 may have before groups are kept in float (None: no mixed precision).
     ``range_overrides(prepared graph) -> {tensor: amax}`` replaces calibrated ranges (a QAT checkpoint's
-    frozen activation ranges) whatever the method.
+    frozen activation ranges) whatever the method. ``sensitivity="auto"`` ranks the groups only when plain
+    INT8 misses the target (mixed precision needs the ranking).
     """
     if method != "auto" and method not in CALIB_METHODS:
         raise ApdError(f"unknown calibration method {method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
@@ -233,7 +234,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         op_of = {n.name: n.op_type for n in pre.graph.node}
         ranking: list[dict] = []
         t0 = time.perf_counter()
-        if sensitivity and sens_idx:
+        plain_misses = target_drop is not None and full.get("miou_drop", 0.0) > target_drop
+        if (sensitivity is True or (sensitivity == "auto" and plain_misses)) and sens_idx:
             log(f"sensitivity: {len(groups)} groups on {len(sens_idx)} held-out val images")
             for i, g in enumerate(groups):
                 s = scorer.score(variant([g], tmp / "loo.onnx"), sens_idx)
