@@ -259,7 +259,7 @@ def test_cli_import_then_eval_and_export_score_11_classes(tmp_path, monkeypatch)
     from apd_edge.export.bundle import export_bundle
     from apd_edge.runtime.manifest import load_manifest
 
-    bundle = export_bundle("runs/imp", tmp_path / "bundle", progress=False)
+    bundle = export_bundle("runs/imp", tmp_path / "bundle", input_size=(32, 32), progress=False)
     m = load_manifest(bundle)
     assert m["extra_classes"] == ["void"] and m["num_classes"] == 12
     assert m["parity"]["results"]["fp32"]["miou"] == pytest.approx(100 * cm.compute()["miou"], abs=1e-6)

@@ -37,6 +37,7 @@ class Imported:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # RGB, on 0..1 values
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     crop: list[int] | None = None  # train.crop for fine-tuning (H, W), None = recipe default
+    input_size: list[int] | None = None  # export.input_size (H, W, multiples of 32), None = from the images
     run_name: str = "imported"  # default run folder name
     source: dict[str, Any] = field(default_factory=dict)  # paper, url, license, notes
 
@@ -218,7 +219,7 @@ def _espnet_authors(state: Mapping[str, torch.Tensor]) -> Imported:
         dataset="camvid", classes=CAMVID_CLASSES + ["void"], extra_classes=["void"],
         palette=CAMVID_PALETTE + [[0, 0, 0]],
         mean=[v / 255 for v in ESPNET_CAMVID_BGR_MEAN[::-1]], std=ESPNET_CAMVID_BGR_STD[::-1],
-        crop=[352, 480], run_name="espnet_camvid_authors",
+        crop=[352, 480], input_size=[384, 480], run_name="espnet_camvid_authors",  # 360x480 padded to /32
         source={"paper": "Mehta et al., ESPNet: Efficient Spatial Pyramid of Dilated Convolutions for Semantic "
                          "Segmentation, ECCV 2018", "url": "https://github.com/sacmehta/ESPNet",
                 "license": "MIT", "published_miou": "57.2 (CamVid test, 11 classes)",
@@ -333,6 +334,8 @@ def import_weights(path: str | Path, fmt: str | None = None, *, out: str | Path 
     raw["distill"]["method"] = "none"
     if imp.crop:
         raw["train"]["crop"] = list(imp.crop)
+    if imp.input_size:
+        raw["export"]["input_size"] = list(imp.input_size)
     recipe = recipe_from_dict(raw)  # validates names and values
     run_dir = Path(out) / name
     if (run_dir / "best.pt").exists() and not force:
