@@ -12,12 +12,28 @@ resume_option = click.option("--resume", is_flag=True,
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 
 
-def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, quiet: bool) -> None:
+def rerun_options(f):
+    """--exist-ok, --increment, --allow-change: deliberate re-runs and resumes with a changed recipe."""
+    f = click.option("--allow-change", "allow_changes", multiple=True, metavar="KEY",
+                     help="With --resume: accept a recipe value that differs from the run's, e.g. "
+                          "train.iterations to extend it (repeatable; a section name allows all its keys).")(f)
+    f = click.option("--increment", is_flag=True,
+                     help="Use the first free run name of NAME, NAME2, NAME3, ... instead of refusing.")(f)
+    f = click.option("--exist-ok", is_flag=True,
+                     help="Start again in a run folder that holds a previous run (its files are replaced).")(f)
+    return f
+
+
+def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, quiet: bool, exist_ok: bool = False,
+         increment: bool = False, allow_changes: tuple[str, ...] = ()) -> None:
     from ..config import load_recipe
     from ..engine.trainer import train as train_fn
 
+    if allow_changes and not resume:
+        raise ApdError("--allow-change only applies with --resume")
     recipe = load_recipe(file, overrides)
-    run_dir = train_fn(recipe, resume=resume, distill=distill, progress=not quiet)
+    run_dir = train_fn(recipe, resume=resume, distill=distill, progress=not quiet, exist_ok=exist_ok,
+                       increment=increment, allow_changes=allow_changes)
     summary = run_dir / "summary.json"
     if summary.is_file():
         import json
@@ -32,9 +48,10 @@ def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, qui
 @set_option
 @resume_option
 @quiet_option
-def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
+@rerun_options
+def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, **rerun) -> None:
     """Train a model alone (a teacher, or a student baseline): distill.method is forced to none."""
-    _run(recipe_file, overrides, resume, distill=False, quiet=quiet)
+    _run(recipe_file, overrides, resume, distill=False, quiet=quiet, **rerun)
 
 
 @click.command("distill")
@@ -42,9 +59,10 @@ def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: boo
 @set_option
 @resume_option
 @quiet_option
-def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
+@rerun_options
+def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, **rerun) -> None:
     """Distill the recipe's frozen teacher into its student (distill.method: apd, kd, cwd or none)."""
-    _run(recipe_file, overrides, resume, distill=True, quiet=quiet)
+    _run(recipe_file, overrides, resume, distill=True, quiet=quiet, **rerun)
 
 
 def _parse_scales(value: str | None) -> list[float] | None:

@@ -71,9 +71,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+        if "GLOBAL" not in str(exc):  # a refused global names it; anything else is a damaged pickle
             raise ApdError(f"cannot read checkpoint {path}: corrupt or not a PyTorch checkpoint "
-                           f"({' '.join(str(exc).split())})") from None
+                           f"({_unsafe_reason(str(exc))})") from None
         raise ApdError(f"refusing to load {path}: it holds more than tensors and plain data, and loading it could "
                        f"run code ({_unsafe_reason(str(exc))}); apd-edge only loads checkpoints as data") from None
     except OSError as exc:
