@@ -128,7 +128,7 @@ def test_runtime_refuses_non_finite_outputs():
         def infer(self, x, names):
             return {"logits": np.full((1, 3, 32, 32), np.nan, np.float32)}
 
-    manifest = {"name": "t", "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3,
+    manifest = {"name": "t", "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3, "mean": [0.5] * 3, "std": [0.5] * 3,
                 "outputs": [{"name": "logits", "kind": "logits"}],
                 "preprocess": {"mode": "resize", "size": [32, 32], "pad_fill": "reflect", "mean": [0.5] * 3,
                                "std": [0.5] * 3, "color": "RGB", "scale": 1 / 255, "layout": "NCHW"}}
