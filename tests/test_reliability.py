@@ -189,12 +189,12 @@ def test_exist_ok_restarts_and_increment_numbers_the_run(tmp_path):
     assert yaml.safe_load((third / "recipe.yaml").read_text())["name"] == "exp3"
 
 
-def test_failed_re_export_keeps_the_previous_bundle(tmp_path, monkeypatch):
+def test_failed_re_export_keeps_the_previous_bundle(tmp_path, tmp_path_factory, monkeypatch):
     from test_bench_run import make_tiny_bundle
 
     from apd_edge.export import export_bundle
 
-    _, ckpt, data = make_tiny_bundle(tmp_path / "base")
+    _, ckpt, _ = make_tiny_bundle(tmp_path_factory.getbasetemp())
     out = tmp_path / "bundle"
     export_bundle(ckpt, out, progress=False, calib_images=2, parity_images=1)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -209,16 +209,16 @@ def test_failed_re_export_keeps_the_previous_bundle(tmp_path, monkeypatch):
         export_bundle(ckpt, out, progress=False, calib_images=2, parity_images=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # no staging folder left behind (the lock file .bundle.lock stays: the kernel lock on it is what counts)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".bundle.lock") == ["base", "bundle"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".bundle.lock") == ["bundle"]
 
 
-def test_export_refuses_a_bundle_folder_in_use(tmp_path):
+def test_export_refuses_a_bundle_folder_in_use(tmp_path, tmp_path_factory):
     from test_bench_run import make_tiny_bundle
 
     from apd_edge.export import export_bundle
     from apd_edge.export.bundle import bundle_lock
 
-    _, ckpt, _ = make_tiny_bundle(tmp_path / "base")
+    _, ckpt, _ = make_tiny_bundle(tmp_path_factory.getbasetemp())
     with bundle_lock(tmp_path / "bundle"):
         with pytest.raises(ApdError, match=f"PID {os.getpid()}"):
             export_bundle(ckpt, tmp_path / "bundle", progress=False, parity_images=1)
@@ -346,10 +346,10 @@ def test_unexpected_exception_is_one_line_with_a_debug_switch(tmp_path, monkeypa
 # ------------------------------------------------------------------------------------------------ 6. demo
 
 
-def test_demo_sigterm_finishes_the_video(tmp_path):
+def test_demo_sigterm_finishes_the_video(tmp_path, tmp_path_factory):
     from test_bench_run import make_tiny_bundle
 
-    bundle = make_tiny_bundle(tmp_path)[0]
+    bundle = make_tiny_bundle(tmp_path_factory.getbasetemp())[0]
     out = tmp_path / "x.mp4"
     code = textwrap.dedent(f"""
         import os, signal, numpy as np
