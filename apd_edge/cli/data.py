@@ -25,12 +25,19 @@ def list_cmd() -> None:
 @click.argument("spec")
 @click.option("--split", "splits", multiple=True, help="Split to check (repeatable); default: the train and val splits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def check(spec: str, splits: tuple[str, ...], no_progress: bool) -> None:
+@click.option("--max-errors", default=50, show_default=True, type=click.IntRange(1),
+              help="List at most this many bad files (all are counted).")
+def check(spec: str, splits: tuple[str, ...], no_progress: bool, max_errors: int) -> None:
     """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid)."""
     from ..data.check import check_dataset
 
-    report = check_dataset(spec, list(splits) or None, progress=not no_progress)
+    report = check_dataset(spec, list(splits) or None, progress=not no_progress, max_errors=max_errors)
     click.echo(report.table())
+    if report.bad_count:
+        click.echo(f"{report.bad_count} bad file{'s' if report.bad_count > 1 else ''}:")
+        for line in report.bad_lines():
+            click.echo(line)
+    report.raise_if_bad()
 
 
 def _size(value: str) -> tuple[int, int]:

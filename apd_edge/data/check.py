@@ -17,6 +17,7 @@ class SplitReport:
     name: str
     images: int
     sizes: dict[tuple[int, int], int]  # (H, W) -> count
+    bad: int = 0
 
 
 @dataclass
@@ -27,6 +28,18 @@ class CheckReport:
     splits: list[SplitReport] = field(default_factory=list)
     pixels: np.ndarray | None = None  # per class, over all checked splits
     void: int = 0
+    bad: list[str] = field(default_factory=list)  # one message per bad sample, at most ``max_errors``
+    bad_count: int = 0  # all bad samples, listed or not
+
+    def bad_lines(self) -> list[str]:
+        more = self.bad_count - len(self.bad)
+        return [f"  {m}" for m in self.bad] + ([f"  ... and {more} more" if more else ""] if more else [])
+
+    def raise_if_bad(self) -> None:
+        if self.bad_count:
+            first = self.bad[0] if self.bad else ""
+            what = f"{self.bad_count} bad file{'s' if self.bad_count > 1 else ''}"
+            raise ApdError(first if self.bad_count == 1 else f"{what} in {self.dataset} (listed above)")
 
     def table(self) -> str:
         """Summary lines and a per-class pixel frequency table."""
@@ -35,7 +48,8 @@ class CheckReport:
         for s in self.splits:
             common = sorted(s.sizes.items(), key=lambda kv: -kv[1])
             sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in common[:4]) + (", ..." if len(common) > 4 else "")
-            lines.append(f"  {s.name}: {s.images} images, all valid; sizes {sizes}")
+            valid = "all valid" if not s.bad else f"{s.bad} bad"
+            lines.append(f"  {s.name}: {s.images} images, {valid}; sizes {sizes}")
         pix = self.pixels if self.pixels is not None else np.zeros(len(self.class_names), np.int64)
         total = int(pix.sum()) + self.void
         width = max([len(n) for n in self.class_names] + [5])
@@ -64,8 +78,13 @@ def parse_spec(spec: str) -> DataConfig:
     return DataConfig(dataset=name, root=root or None)
 
 
-def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True) -> CheckReport:
-    """Read every image and mask of each split (default: train and val split of the config); raise on bad data."""
+def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True,
+                  max_errors: int | None = None) -> CheckReport:
+    """Read every image and mask of each split (default: train and val split of the config).
+
+    ``max_errors=None``: raise ApdError at the first bad sample. Otherwise go on through every sample and
+    record the bad ones in ``report.bad`` (the first ``max_errors`` messages) and ``report.bad_count``.
+    """
     from tqdm import tqdm
 
     cfg = parse_spec(data) if isinstance(data, str) else data
@@ -77,11 +96,21 @@ def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progr
         if report is None:
             report = CheckReport(cfg.dataset, cfg.root, list(ds.class_names))
         sizes: dict[tuple[int, int], int] = {}
+        n_bad = 0
         for i in tqdm(range(len(ds)), desc=f"{cfg.dataset}/{split}", unit="img", disable=not progress, leave=False):
-            _, mask = ds[i]  # decoding, size and value checks raise ApdError naming the file
+            try:
+                _, mask = ds[i]  # decoding, size and value checks raise ApdError naming the file
+            except ApdError as exc:
+                if max_errors is None:
+                    raise
+                n_bad += 1
+                report.bad_count += 1
+                if len(report.bad) < max_errors:
+                    report.bad.append(str(exc))  # the message names the file
+                continue
             sizes[mask.shape[:2]] = sizes.get(mask.shape[:2], 0) + 1
             counts += np.bincount(mask.ravel(), minlength=256)
-        report.splits.append(SplitReport(split, len(ds), sizes))
+        report.splits.append(SplitReport(split, len(ds), sizes, n_bad))
     assert report is not None
     report.pixels = counts[: len(report.class_names)].copy()
     report.void = int(counts[IGNORE_INDEX])
