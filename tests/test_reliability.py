@@ -486,3 +486,15 @@ def test_data_check_lists_every_bad_file(tmp_path):
     assert "3 bad files" in res.output
     res = CliRunner().invoke(cli, ["data", "check", f"camvid:{root}", "--no-progress", "--max-errors", "2"])
     assert res.exit_code == 2 and "valannot/img0.png" not in res.output and "1 more" in res.output
+
+
+def test_one_line_names_os_errors_and_worker_errors():
+    from apd_edge.cli.main import one_line
+
+    assert one_line(OSError(28, "No space left on device", "/x/last.pt")) == \
+        "OSError: No space left on device: /x/last.pt"
+    wrapped = ApdError("Caught ApdError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+                       '  File "x.py", line 1, in f\n    raise ApdError("bad")\n'
+                       "apd_edge.errors.ApdError: unreadable image: /d/3.png\n")
+    assert one_line(wrapped) == "unreadable image: /d/3.png (in a data loader worker)"
+    assert one_line(ApdError("two\nlines")) == "two lines"
