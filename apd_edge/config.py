@@ -302,15 +302,16 @@ def _build(cls: type, data: dict, path: str = "") -> Any:
     return cls(**kwargs)
 
 
-# a run name is one folder under output_dir: no separators, no leading dot (., .., hidden), no "latest" (the link)
-_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@,-]{0,127}")
+# a run name is one folder under output_dir: no path separators or control characters, no leading dot
+# (".", "..", hidden) or dash (read as an option), not "latest" (the link to the newest run)
+_RUN_NAME = re.compile(r"[^./\\\s-][^/\\\x00-\x1f\x7f]{0,127}")
 
 
 def check_run_name(name: str) -> None:
     """Raise RecipeError unless ``name`` is a safe run folder name."""
     if not _RUN_NAME.fullmatch(name or "") or name == "latest":
-        raise RecipeError(f"name: {name!r} is not a valid run name (one folder name of letters, digits and "
-                          "_ . + = @ , -, not starting with '.' or '-', at most 128 characters, not 'latest')")
+        raise RecipeError(f"name: {name!r} is not a valid run name (one folder name: no '/', '\\' or control "
+                          "characters, not starting with '.', '-' or a space, at most 128 characters, not 'latest')")
 
 
 def _cross_check(r: Recipe) -> None:

@@ -127,6 +127,9 @@ def main() -> int:
             break
         resume = (run / "last.pt").is_file()
         before = ckpt_step(run / "last.pt") or 0
+        # metrics.jsonl may still hold steps past the checkpoint (the new process truncates them at start-up)
+        stale_logged = last_logged_step(run)
+        tmp_before = set(run.glob(".*.tmp")) if run.is_dir() else set()
         lives += 1
         t_life = time.monotonic()
         proc = subprocess.Popen(command(rfile, "faulty", resume), env=env(), cwd=REPO,
@@ -136,7 +139,7 @@ def main() -> int:
                 phase, target = "start-up", None
                 deadline = t_life + rng.uniform(0.2, 4.0)
             else:
-                phase, target = "training", before + rng.randint(1, 8)
+                phase, target = "training", max(before, stale_logged) + rng.randint(1, 8)
                 deadline = None
             step_s = 0.0
             while proc.poll() is None:
@@ -153,7 +156,7 @@ def main() -> int:
                 proc.wait()
                 logged = last_logged_step(run)
                 at = ckpt_step(run / "last.pt") or 0
-                in_write = sorted(p.name for p in run.glob(".*.tmp")) if run.is_dir() else []
+                in_write = sorted(p.name for p in set(run.glob(".*.tmp")) - tmp_before) if run.is_dir() else []
                 kills.append({"life": lives, "phase": phase, "after_s": round(time.monotonic() - t_life, 2),
                               "resumed_from": before, "last_logged_step": logged, "checkpoint_step": at,
                               "steps_lost": max(logged - at, 0), "temp_files_left": in_write})
@@ -202,7 +205,8 @@ def main() -> int:
         f"Machine: {describe(machine)}  ",
         f"Settings: ESPNet (alpha2=1, alpha3=1), synthetic 64x96 data, crop 64x64, batch 4, {args.iterations} "
         f"iterations, checkpoint every {args.ckpt_interval} steps, CPU, 1 thread, data.workers 0; a quarter of the "
-        f"kills at a random time (0.2-4 s) in start-up, the others after 1-8 more logged steps plus 0-0.3 s "
+        f"kills at a random time (0.2-4 s) in start-up, the others after 1-8 steps beyond the last step logged "
+        f"before the restart, plus 0-0.3 s "
         f"(seed {args.seed}).",
         "",
         f"- kills: {len(kills)} in {lives} process lives ({result['kills_during_checkpoint_write']} left a "
