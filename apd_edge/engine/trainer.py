@@ -310,7 +310,8 @@ class Trainer:
             self.metrics.truncate_after(self.step)
         if self.step >= self.recipe.train.iterations:
             self.log(f"resume: {path} is at step {self.step}, train.iterations is {self.recipe.train.iterations}: "
-                     f"nothing left to train (raise it with --set train.iterations=N)")
+                     "nothing left to train (extend it with --set train.iterations=N "
+                     "--allow-change train.iterations)")
         else:
             self.log(f"resume: continuing {self.run_dir} from step {self.step}")
 
