@@ -6,6 +6,7 @@ Every error names the key path (``train.lr``) and, for unknown keys, suggests th
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -112,7 +113,7 @@ class TrainConfig:
     poly_power: float = field(default=0.9, metadata=_rng(0.0, None))
     head_lr_mult: float = field(default=10.0, metadata=_rng(0.0, None, lo_open=True))
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; CPU always trains in float32
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = field(default=None, metadata=_rng(0.0, None, lo_open=True))  # max grad norm
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = False
     log_interval: int = field(default=20, metadata=_rng(1, None))
@@ -313,6 +314,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -350,7 +353,21 @@ def _build(cls: type, data: dict, path: str = "") -> Any:
     return cls(**kwargs)
 
 
+# a run name is one folder under output_dir: no path separators or control characters, no leading dot
+# (".", "..", hidden) or dash (read as an option), not "latest" (the link to the newest run)
+_RUN_NAME = re.compile(r"[^./\\\s-][^/\\\x00-\x1f\x7f]{0,127}")
+
+
+def check_run_name(name: str) -> None:
+    """Raise RecipeError unless ``name`` is a safe run folder name."""
+    if not _RUN_NAME.fullmatch(name or "") or name == "latest":
+        raise RecipeError(f"name: {name!r} is not a valid run name (one folder name: no '/', '\\' or control "
+                          "characters, not starting with '.', '-' or a space, at most 128 characters, not 'latest')")
+
+
 def _cross_check(r: Recipe) -> None:
+    check_run_name(r.name)
+
     def pair(path: str, v: list) -> None:
         if v is not None and len(v) != 2:
             raise RecipeError(f"{path}: expected two values [H, W], got {v}")

@@ -120,8 +120,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "task_loss", poisoned)
     with pytest.raises(ApdError, match=r"loss became nan at step 5 \(ce=nan.*last good checkpoint: .*last\.pt"):
         train(recipe, progress=False)
+    # the weights of step 4 produced the nan (the guard cannot tell weights from data): that checkpoint is set
+    # aside as diverged.pt and the one before it, whose weights gave a finite loss, is last.pt again
     last = torch.load(tmp_path / "runs" / "run" / "last.pt", weights_only=True)
-    assert last["step"] == 4
+    assert last["step"] == 2
+    assert torch.load(tmp_path / "runs" / "run" / "diverged.pt", weights_only=True)["step"] == 4
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 

@@ -49,3 +49,7 @@ def bench(artifacts, backends, precisions, device, batch, warmup, iters, data, s
                      verify=not no_verify, echo=click.echo, split=split)
     n_ok = sum(r.ok for r in rows)
     click.echo(f"{n_ok} of {len(rows)} rows measured")
+    if n_ok == 0:
+        from ..errors import ApdError
+
+        raise ApdError("no benchmark row was measured (each row's reason is in the table above)")

@@ -28,16 +28,25 @@ def list_cmd() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a data value, e.g. --set data.options.img_suffix=_image.jpg (repeatable).")
-def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, overrides: tuple[str, ...]) -> None:
+@click.option("--max-errors", default=50, show_default=True, type=click.IntRange(1),
+              help="List at most this many bad files (all are counted).")
+def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, overrides: tuple[str, ...],
+          max_errors: int) -> None:
     """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid).
 
     Prints one class-pixel table per split and warns about splits that are mostly void (> 50 %),
-    entirely void images and classes without pixels.
+    entirely void images and classes without pixels; lists every bad file (up to --max-errors).
     """
     from ..data.check import check_dataset
 
-    report = check_dataset(spec, list(splits) or None, progress=not no_progress, overrides=overrides)
+    report = check_dataset(spec, list(splits) or None, progress=not no_progress, overrides=overrides,
+                           max_errors=max_errors)
     click.echo(report.table())
+    if report.bad_count:
+        click.echo(f"{report.bad_count} bad file{'s' if report.bad_count > 1 else ''}:")
+        for line in report.bad_lines():
+            click.echo(line)
+    report.raise_if_bad()
     if strict and report.warnings():
         raise SystemExit(1)
 

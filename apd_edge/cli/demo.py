@@ -23,8 +23,9 @@ import click
               help="ORT intra-op threads (default: the cores not already busy).")
 @click.option("--reconnect", "reconnect_s", type=float, default=10.0, show_default=True,
               help="Seconds to keep reconnecting a dropped stream.")
+@click.option("--loop", is_flag=True, help="Replay a finite network video (http://.../clip.mp4) instead of stopping.")
 def demo(bundle, source, backend, precision, device, alpha, show, save, fourcc, max_frames, legend, hud, threads,
-         reconnect_s) -> None:
+         reconnect_s, loop) -> None:
     """Segment frames from --source with BUNDLE and draw the class overlay."""
     from ..demo.run import run_demo
     from ..threads import setup_threads
@@ -33,6 +34,6 @@ def demo(bundle, source, backend, precision, device, alpha, show, save, fourcc, 
 
     stats = run_demo(bundle, source, backend=backend, precision=precision, device=device, alpha=alpha, show=show,
                      save=save, max_frames=max_frames, fourcc=fourcc, legend=legend, hud=hud, threads=threads,
-                     reconnect_s=reconnect_s, echo=click.echo)
+                     reconnect_s=reconnect_s, loop=loop, echo=click.echo)
     if stats.frames == 0:
         click.echo("warning: no frames were processed", err=True)

@@ -1,12 +1,15 @@
 """The ``apd-edge`` command: a thin Click layer over the library.
 
 Each command lives in its own module and is loaded lazily, so ``apd-edge bench`` on an ONNX bundle
-never imports torch. ``ApdError`` (bad user input) is printed as one line and exits with status 2.
+never imports torch. ``ApdError`` (bad user input) is printed as one line and exits with status 2; any other
+failure (OS errors, bugs) is printed as one line naming its type and exits with status 1. ``--debug`` (or
+``APD_EDGE_DEBUG=1``) lets the traceback through instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -55,23 +58,58 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug")) or os.environ.get("APD_EDGE_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
         except ApdError as exc:
-            click.echo(f"error: {exc}", err=True)
+            if debug:
+                raise
+            click.echo(f"error: {one_line(exc)}", err=True)
             ctx.exit(2)
         except ModuleNotFoundError as exc:  # a torch-free (deployment) install running a training-side command
             if (exc.name or "").split(".")[0] not in TRAIN_ONLY:
-                raise
+                if debug:
+                    raise
+                click.echo(f"error: {one_line(exc)} (run with --debug or APD_EDGE_DEBUG=1 for the traceback)", err=True)
+                ctx.exit(1)
             cmd = ctx.invoked_subcommand or (ctx.protected_args[:1] or ["this command"])[0]
             click.echo(f"error: `apd-edge {cmd}` needs {exc.name}, which this install lacks: "
                        "pip install \"apd-edge[train]\" (deployment commands: build, bench, demo on bundles)", err=True)
             ctx.exit(2)
+        except Exception as exc:  # OS errors and bugs: one line naming the cause; --debug shows the traceback
+            if debug:
+                raise
+            click.echo(f"error: {one_line(exc)} (run with --debug or APD_EDGE_DEBUG=1 for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error re-raised from a DataLoader worker carries the worker's
+    whole traceback in its message: its last line is the original error."""
+    text = str(exc).strip()
+    worker = ""
+    if "Original Traceback" in text:
+        first, *rest = [ln for ln in text.splitlines() if ln.strip()]
+        worker = " (in a data loader worker)"
+        last = rest[-1].strip() if rest else first
+        head, sep, msg = last.partition(": ")
+        text = msg if sep and head.split(".")[-1] == "ApdError" else last
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        if exc.filename2:
+            text += f" -> {exc.filename2}"
+    text = " ".join(text.split()) or type(exc).__name__
+    if not isinstance(exc, ApdError):
+        text = f"{type(exc).__name__}: {text}"
+    return text + worker
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="apd-edge")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (also: APD_EDGE_DEBUG=1).")
+def cli(debug: bool) -> None:
     """apd-edge: distill segmentation teachers into real-time students, export and benchmark them."""
 
 

@@ -15,15 +15,31 @@ threads_option = click.option("--threads", type=click.IntRange(1), default=None,
                                    "else the cores not already busy).")
 
 
+def rerun_options(f):
+    """--exist-ok, --increment, --allow-change: deliberate re-runs and resumes with a changed recipe."""
+    f = click.option("--allow-change", "allow_changes", multiple=True, metavar="KEY",
+                     help="With --resume: accept a recipe value that differs from the run's, e.g. "
+                          "train.iterations to extend it (repeatable; a section name allows all its keys).")(f)
+    f = click.option("--increment", is_flag=True,
+                     help="Use the first free run name of NAME, NAME2, NAME3, ... instead of refusing.")(f)
+    f = click.option("--exist-ok", is_flag=True,
+                     help="Start again in a run folder that holds a previous run (its files are replaced).")(f)
+    return f
+
+
 def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, quiet: bool,
-         threads: int | None = None) -> None:
+         threads: int | None = None, exist_ok: bool = False, increment: bool = False,
+         allow_changes: tuple[str, ...] = ()) -> None:
     from ..config import load_recipe
     from ..engine.trainer import train as train_fn
     from ..threads import setup_threads
 
+    if allow_changes and not resume:
+        raise ApdError("--allow-change only applies with --resume")
     recipe = load_recipe(file, overrides)
     setup_threads(threads, recipe.threads)
-    run_dir = train_fn(recipe, resume=resume, distill=distill, progress=not quiet)
+    run_dir = train_fn(recipe, resume=resume, distill=distill, progress=not quiet, exist_ok=exist_ok,
+                       increment=increment, allow_changes=allow_changes)
     summary = run_dir / "summary.json"
     if summary.is_file():
         import json
@@ -39,9 +55,11 @@ def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, qui
 @resume_option
 @quiet_option
 @threads_option
-def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None) -> None:
+@rerun_options
+def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None,
+          **rerun) -> None:
     """Train a model alone (a teacher, or a student baseline): distill.method is forced to none."""
-    _run(recipe_file, overrides, resume, distill=False, quiet=quiet, threads=threads)
+    _run(recipe_file, overrides, resume, distill=False, quiet=quiet, threads=threads, **rerun)
 
 
 @click.command("distill")
@@ -50,9 +68,11 @@ def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: boo
 @resume_option
 @quiet_option
 @threads_option
-def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None) -> None:
+@rerun_options
+def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None,
+            **rerun) -> None:
     """Distill the recipe's frozen teacher into its student (distill.method: apd, kd, cwd or none)."""
-    _run(recipe_file, overrides, resume, distill=True, quiet=quiet, threads=threads)
+    _run(recipe_file, overrides, resume, distill=True, quiet=quiet, threads=threads, **rerun)
 
 
 def _parse_scales(value: str | None) -> list[float] | None:

@@ -23,6 +23,7 @@ class SplitReport:
     pixels: np.ndarray | None = None  # per class
     void: int = 0
     all_void_images: int = 0
+    bad: int = 0
 
     def warnings(self, class_names: list[str]) -> list[str]:
         out = []
@@ -57,6 +58,18 @@ class CheckReport:
 
     def warnings(self) -> list[str]:
         return [w for s in self.splits for w in s.warnings(self.class_names)]
+    bad: list[str] = field(default_factory=list)  # one message per bad sample, at most ``max_errors``
+    bad_count: int = 0  # all bad samples, listed or not
+
+    def bad_lines(self) -> list[str]:
+        more = self.bad_count - len(self.bad)
+        return [f"  {m}" for m in self.bad] + ([f"  ... and {more} more"] if more else [])
+
+    def raise_if_bad(self) -> None:
+        if self.bad_count:
+            first = self.bad[0] if self.bad else ""
+            what = f"{self.bad_count} bad file{'s' if self.bad_count > 1 else ''}"
+            raise ApdError(first if self.bad_count == 1 else f"{what} in {self.dataset} (listed above)")
 
     def table(self) -> str:
         """Summary lines, one per-class pixel table per split (sizes are H x W), then the warnings."""
@@ -65,7 +78,8 @@ class CheckReport:
         for s in self.splits:
             common = sorted(s.sizes.items(), key=lambda kv: -kv[1])
             sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in common[:4]) + (", ..." if len(common) > 4 else "")
-            lines.append(f"  {s.name}: {s.images} images, all readable; sizes (H x W) {sizes}")
+            valid = "all readable" if not s.bad else f"{s.bad} bad"
+            lines.append(f"  {s.name}: {s.images} images, {valid}; sizes (H x W) {sizes}")
         width = max([len(n) for n in self.class_names] + [5])
         for s in self.splits:
             pix = s.pixels if s.pixels is not None else np.zeros(len(self.class_names), np.int64)
@@ -105,8 +119,12 @@ def parse_spec(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> DataCo
 
 
 def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progress: bool = True,
-                  overrides: list[str] | tuple[str, ...] = ()) -> CheckReport:
-    """Read every image and mask of each split (default: train and val split of the config); raise on bad data."""
+                  overrides: list[str] | tuple[str, ...] = (), max_errors: int | None = None) -> CheckReport:
+    """Read every image and mask of each split (default: train and val split of the config).
+
+    ``max_errors=None``: raise ApdError at the first bad sample. Otherwise go on through every sample and
+    record the bad ones in ``report.bad`` (the first ``max_errors`` messages) and ``report.bad_count``.
+    """
     from tqdm import tqdm
 
     cfg = parse_spec(data, overrides) if isinstance(data, str) else data
@@ -119,14 +137,24 @@ def check_dataset(data: DataConfig | str, splits: list[str] | None = None, progr
         sizes: dict[tuple[int, int], int] = {}
         counts = np.zeros(256, np.int64)
         all_void = 0
+        n_bad = 0
         for i in tqdm(range(len(ds)), desc=f"{cfg.dataset}/{split}", unit="img", disable=not progress, leave=False):
-            _, mask = ds[i]  # decoding, size and value checks raise ApdError naming the file
+            try:
+                _, mask = ds[i]  # decoding, size and value checks raise ApdError naming the file
+            except ApdError as exc:
+                if max_errors is None:
+                    raise
+                n_bad += 1
+                report.bad_count += 1
+                if len(report.bad) < max_errors:
+                    report.bad.append(str(exc))  # the message names the file
+                continue
             sizes[mask.shape[:2]] = sizes.get(mask.shape[:2], 0) + 1
             c = np.bincount(mask.ravel(), minlength=256)
             all_void += int(c[IGNORE_INDEX] == mask.size)
             counts += c
         report.splits.append(SplitReport(split, len(ds), sizes, counts[: len(report.class_names)].copy(),
-                                         int(counts[IGNORE_INDEX]), all_void))
+                                         int(counts[IGNORE_INDEX]), all_void, n_bad))
     assert report is not None
     return report
 

@@ -29,7 +29,8 @@ from ..errors import ApdError
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*@)")
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "tcp", "srt")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://\S+")
 _SECRET_PARAM = re.compile(
     r"(?P<key>[?&;](?:user(?:name)?|pass(?:word|wd)?|pwd|token|access_token|auth|key|api_?key|secret|sig(?:nature)?)=)"
     r"(?P<value>[^&#\s]*)",
@@ -42,10 +43,17 @@ def redact_url(text: str) -> str:
 
     ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; secret-looking query values
     (``?user=..&password=..&token=..``) become ``***``. Text without URLs is returned unchanged.
+    A URL runs to the next whitespace and its credentials to the *last* ``@`` in it, so a password holding
+    ``#``, ``/``, ``?`` or ``@`` is hidden whole (an ``@`` in a path hides the host too: safe rather than sorry).
     """
-    text = str(text)
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
-    return _SECRET_PARAM.sub(lambda m: f"{m.group('key')}***", text)
+    def one(m: re.Match) -> str:
+        scheme, rest = m.group(0).split("://", 1)
+        at = rest.rfind("@")
+        if at >= 0:
+            rest = "***" + rest[at:]
+        return _SECRET_PARAM.sub(lambda q: f"{q.group('key')}***", f"{scheme}://{rest}")
+
+    return _URL.sub(one, str(text))
 
 
 def classify_source(source: str | int) -> tuple[str, Any]:
@@ -165,12 +173,14 @@ class LiveSource(FrameSource):
 
     ``reconnect_s``: for URLs, how long to keep reopening (with back-off) after the stream stops; cameras
     fail at once. ``frame_timeout_s``: how long ``read`` waits for a frame before giving up.
+    A URL whose stream reports a frame count (a video file served over HTTP, not a live feed) ends there:
+    ``read`` returns None, unless ``loop``, which reopens it from the start.
     """
 
     live = True
 
     def __init__(self, target: int | str, reconnect_s: float = 10.0, frame_timeout_s: float = 10.0,
-                 open_timeout_s: float = 5.0, _opener=open_capture) -> None:
+                 open_timeout_s: float = 5.0, _opener=open_capture, loop: bool = False) -> None:
         self.target = target
         self.is_url = isinstance(target, str) and "://" in target
         self.name = redact_url(str(target)) if self.is_url else f"camera {target}"
@@ -182,9 +192,15 @@ class LiveSource(FrameSource):
         self.frames = 0
         self.reconnects = 0
         self.error: ApdError | None = None
+        self.loop = loop
+        self.ended = False
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self.cap = self._open_with_retry()
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        scheme = str(target).split("://", 1)[0].lower() if self.is_url else ""
+        # live feeds report 0 or -1 frames; streaming protocols are treated as live whatever they report
+        self.finite = bool(self.is_url and scheme not in LIVE_SCHEMES and count and 0 < count < 1e9)
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else 30.0
         self._thread = threading.Thread(target=self._loop, name="apd-capture", daemon=True)
@@ -245,6 +261,9 @@ class LiveSource(FrameSource):
                 continue
             if self._stop.is_set():
                 break
+            if self.finite and not self.loop and self.frames:
+                self.ended = True  # the end of a finite video, not a dropped stream
+                break
             if not self.is_url or time.monotonic() - last_good > self.reconnect_s:
                 what = "stream dropped" if self.is_url else "camera stopped delivering frames"
                 self.error = ApdError(f"{self.name}: {what}"
@@ -272,6 +291,8 @@ class LiveSource(FrameSource):
                 pass
             if self.error is not None:
                 raise self.error
+            if self.ended and self._q.empty():
+                return None
             if not self._thread.is_alive() and self._q.empty():
                 raise ApdError(f"{self.name}: capture stopped")
             if time.monotonic() > deadline:
@@ -283,11 +304,12 @@ class LiveSource(FrameSource):
         self._thread.join(timeout=self.open_timeout_s + 1.0)
 
 
-def open_source(source: str | int, reconnect_s: float = 10.0, frame_timeout_s: float = 10.0) -> FrameSource:
-    """The right :class:`FrameSource` for ``--source``."""
+def open_source(source: str | int, reconnect_s: float = 10.0, frame_timeout_s: float = 10.0,
+                loop: bool = False) -> FrameSource:
+    """The right :class:`FrameSource` for ``--source`` (``loop``: replay a finite network video)."""
     kind, target = classify_source(source)
     if kind in ("folder", "image"):
         return ImageFolderSource(target)
     if kind == "video":
         return VideoFileSource(target)
-    return LiveSource(target, reconnect_s=reconnect_s, frame_timeout_s=frame_timeout_s)
+    return LiveSource(target, reconnect_s=reconnect_s, frame_timeout_s=frame_timeout_s, loop=loop)

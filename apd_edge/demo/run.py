@@ -45,8 +45,9 @@ class DemoStats:
 
 @contextmanager
 def _graceful_sigint():
-    """Within the block, a first Ctrl-C sets the returned event (the loop finishes its frame and stops);
-    a second one raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
+    """Within the block, a first Ctrl-C or SIGTERM sets the returned event (the loop finishes its frame and
+    stops, and the video file is finalised); a second one raises KeyboardInterrupt. Outside the main thread,
+    signals stay as they are."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -57,17 +58,18 @@ def _graceful_sigint():
             raise KeyboardInterrupt
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
 
 
 def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precision: str = "fp32",
              device: str = "cpu", alpha: float = 0.5, show: bool = False, save: str | Path | None = None,
              max_frames: int | None = None, fourcc: str | None = None, legend: bool = True, hud: bool = True,
-             threads: int | None = None, reconnect_s: float = 10.0, segmenter=None,
+             threads: int | None = None, reconnect_s: float = 10.0, segmenter=None, loop: bool = False,
              frame_source: FrameSource | None = None, echo: Callable[[str], None] = print) -> DemoStats:
     """Segment every frame of ``source`` (newest-frame for cameras/streams) and show and/or save the overlay.
 
@@ -89,7 +91,7 @@ def run_demo(bundle: str | Path, source: str | int, backend: str = "ort", precis
 
         segmenter = Segmenter.from_bundle(bundle, backend=backend, precision=precision, device=device,
                                           threads=threads)
-    src = frame_source or open_source(source, reconnect_s=reconnect_s)
+    src = frame_source or open_source(source, reconnect_s=reconnect_s, loop=loop)
     stats = DemoStats(source=redact_url(str(src.name)))
     sink = VideoSink(save, fps=src.fps, fourcc=fourcc) if save is not None else None
     latencies: list[float] = []

@@ -26,11 +26,68 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
             raise ApdError(f"--resume: no checkpoint to resume from at {last} (start without --resume)")
     elif last.exists():
         raise ApdError(
-            f"run folder {run_dir} already holds last.pt: continue it with --resume, "
-            f"or start a new run with --set name=<new name>"
+            f"run folder {run_dir} already holds last.pt: continue it with --resume, start it again with "
+            f"--exist-ok, or start a new run with --increment or --set name=<new name>"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+# what a run writes into its folder (``--exist-ok`` removes these before starting again)
+RUN_FILES = ("last.pt", "prev.pt", "best.pt", "diverged.pt", "summary.json", "metrics.jsonl", "recipe.yaml",
+             "resumes.jsonl")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete ``.<file>.*.tmp`` left by a process killed while writing (call with the run lock held)."""
+    removed = []
+    for p in run_dir.glob(".*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def open_run_dir(recipe: Recipe, resume: bool, exist_ok: bool = False, increment: bool = False):
+    """Lock and prepare the run folder; returns ``(run_dir, lock)`` (release the lock when the run ends).
+
+    ``exist_ok``: start afresh in a folder holding a finished or stopped run (its run files are removed).
+    ``increment``: use the first free name of ``name``, ``name2``, ``name3``, ... (as ultralytics numbers runs).
+    The lock is taken before the folder is inspected, so two processes never both pass the checks.
+    """
+    from ..runlock import RunLock
+
+    base = Path(recipe.output_dir)
+    hint = "; or start another run with --increment or --set name=<new name>"
+    if increment and not resume:
+        for n in range(1, 10_000):
+            run_dir = base / (recipe.name if n == 1 else f"{recipe.name}{n}")
+            if (run_dir / "last.pt").exists():
+                continue
+            lock = RunLock(run_dir, hint=hint)
+            if not lock.try_acquire():
+                continue
+            if (run_dir / "last.pt").exists():  # written between the check and the lock
+                lock.release()
+                continue
+            break
+        else:  # pragma: no cover
+            raise ApdError(f"no free run name {recipe.name}N in {base}")
+    else:
+        run_dir = base / recipe.name
+        lock = RunLock(run_dir, hint=hint).acquire()
+        try:
+            if exist_ok and not resume:
+                for f in RUN_FILES:
+                    (run_dir / f).unlink(missing_ok=True)
+            prepare_run_dir(recipe, resume)
+        except BaseException:
+            lock.release()
+            raise
+    remove_stale_temp_files(run_dir)
+    return run_dir, lock
 
 
 def write_recipe(recipe: Recipe, run_dir: Path) -> None:

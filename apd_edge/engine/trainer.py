@@ -9,12 +9,13 @@ workers > 0 the data order is still exact but persistent workers restart their a
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +23,12 @@ from torch import nn
 
 from ..config import Recipe, recipe_to_dict
 from ..errors import ApdError
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_shapes, load_checkpoint, save_checkpoint
 from .distributed import (DistInfo, all_reduce_mean, any_true, average_gradients, barrier, broadcast_parameters,
                           cleanup, convert_sync_bn, init_distributed)
+from .guard import WEIGHT_LIMIT, all_finite, describe_nonfinite, nonfinite_in, nonfinite_names
 from .report import exclude_from_eta, finish_run_report
-from .run import MetricsLog, point_latest, prepare_run_dir, write_recipe, write_summary
+from .run import MetricsLog, open_run_dir, point_latest, write_recipe, write_summary
 from .schedule import WarmupPolyLR
 
 # ------------------------------------------------------------------------------------------------
@@ -128,18 +130,22 @@ class Trainer:
     """One training run. ``fit()`` returns the run folder; construct, fit, close."""
 
     def __init__(self, recipe: Recipe, resume: bool = False, distill: bool = False, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None, *, exist_ok: bool = False, increment: bool = False,
+                 allow_changes: Sequence[str] = ()) -> None:
         if not distill and recipe.distill.method != "none":
             recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, method="none"))
         self.recipe = recipe
         self.resume = resume
         self.progress = progress
         self.on_step = on_step
+        self.exist_ok, self.increment, self.allow_changes = exist_ok, increment, tuple(allow_changes)
+        self.lock = None
         self.info, self.device = init_distributed(recipe.train.device)
         self.log = _log(self.info)
         try:
             self._setup()
         except BaseException:
+            self._release()
             cleanup(self.info)
             raise
 
@@ -150,9 +156,10 @@ class Trainer:
         from ..distill.base import build_distiller
         from ..models import build_model
 
-        r, info, device = self.recipe, self.info, self.device
+        info, device = self.info, self.device
+        self.run_dir = self._open_run_dir()
+        r = self.recipe
         tc = r.train
-        self.run_dir = prepare_run_dir(r, self.resume)
         barrier(info)
         seed_everything(r.seed)
 
@@ -228,21 +235,71 @@ class Trainer:
             point_latest(self.run_dir)
         barrier(info)
 
+    def _open_run_dir(self) -> Path:
+        """Lock (main process) and prepare the run folder; with ``increment`` the recipe takes the folder's name."""
+        run_dir = None
+        if self.info.is_main:
+            run_dir, self.lock = open_run_dir(self.recipe, self.resume, self.exist_ok, self.increment)
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            box = [str(run_dir) if run_dir is not None else None]
+            dist.broadcast_object_list(box, src=0)
+            run_dir = Path(box[0])
+        if run_dir.name != self.recipe.name:
+            self.recipe = dataclasses.replace(self.recipe, name=run_dir.name)
+        return run_dir
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _check_resume_recipe(self, ckpt: dict, path: Path) -> None:
+        """Refuse a recipe that differs from the checkpoint's unless the change is allowed; log allowed ones."""
+        from ..config import RecipeError, recipe_from_dict
+        from .recipe_diff import check_resume_recipe
+
+        stored = ckpt.get("recipe")
+        if not isinstance(stored, dict):
+            return
+        try:
+            stored = recipe_to_dict(recipe_from_dict(stored))
+        except RecipeError:
+            pass
+        changes = check_resume_recipe(stored, recipe_to_dict(self.recipe), self.allow_changes, where=str(path))
+        if changes and self.info.is_main:
+            import json
+
+            rec = {"step": int(ckpt.get("step", 0)), "changed": {k: [a, b] for k, a, b in changes}}
+            with (self.run_dir / "resumes.jsonl").open("a") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
+            self.log("resume: recipe changes accepted: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes))
+
     def _load_resume_state(self) -> None:
         path = self.run_dir / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
         if ckpt.get("model_name") != self.recipe.model.name:
             raise ApdError(f"--resume: {path} holds a {ckpt.get('model_name')} model, the recipe trains "
                            f"{self.recipe.model.name}")
+        self._check_resume_recipe(ckpt, path)
+        check_shapes(self.student, ckpt["model"], f"--resume: {path}", self.num_classes)
         self.student.load_state_dict(ckpt["model"])
         if ckpt.get("distiller"):
             self._distiller_extra_modules_load(ckpt["distiller"])
         self.distiller.load_extra_state_dict(ckpt.get("distiller_extra") or {})
+        # hyper-parameters come from the recipe (identical unless a change was allowed), moments from the checkpoint
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        fresh_lrs = list(self.scheduler.base_lrs)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, ValueError) as exc:
             raise ApdError(f"--resume: optimizer state in {path} does not fit this recipe ({exc})") from None
+        for group, hp in zip(self.optimizer.param_groups, fresh):
+            group.update(hp)
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scheduler.base_lrs = fresh_lrs
+        self.scheduler._apply()  # lr = base lr x factor(step), with the recipe's base lr
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -254,7 +311,8 @@ class Trainer:
             self.metrics.truncate_after(self.step)
         if self.step >= self.recipe.train.iterations:
             self.log(f"resume: {path} is at step {self.step}, train.iterations is {self.recipe.train.iterations}: "
-                     f"nothing left to train (raise it with --set train.iterations=N)")
+                     "nothing left to train (extend it with --set train.iterations=N "
+                     "--allow-change train.iterations)")
         else:
             self.log(f"resume: continuing {self.run_dir} from step {self.step}")
 
@@ -307,11 +365,35 @@ class Trainer:
             "distiller": {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("student.")},
             "distiller_extra": self.distiller.extra_state_dict(),
         })
-        save_checkpoint(payload, self.run_dir / "last.pt")
+        self._refuse_nonfinite(payload)
+        last = self.run_dir / "last.pt"
+        if last.is_file():
+            # keep the previous checkpoint as prev.pt (a hard link: no copy, and last.pt exists throughout),
+            # so a divergence right after a checkpoint still leaves one whose weights gave a finite loss
+            tmp = self.run_dir / f".prev.pt.{os.getpid()}.tmp"
+            try:
+                tmp.unlink(missing_ok=True)
+                os.link(last, tmp)
+                os.replace(tmp, self.run_dir / "prev.pt")
+            except OSError:
+                tmp.unlink(missing_ok=True)
+        save_checkpoint(payload, last)
 
     def _save_best(self) -> None:
         if self.info.is_main:
-            save_checkpoint(self._base_payload(), self.run_dir / "best.pt")
+            payload = self._base_payload()
+            self._refuse_nonfinite(payload)
+            save_checkpoint(payload, self.run_dir / "best.pt")
+
+    def _refuse_nonfinite(self, payload: dict[str, Any]) -> None:
+        """Never write NaN/inf into a checkpoint (BN statistics can diverge while every parameter is finite)."""
+        bad = (nonfinite_in({"model": payload["model"]}, WEIGHT_LIMIT)
+               + nonfinite_in({k: payload.get(k) for k in ("optimizer", "distiller")}))
+        if bad:
+            # the weights of self.step are broken: what failed is that step, and they are in no checkpoint
+            self.step -= 1
+            raise self._diverged("the weights became non-finite or huge", f"nan, inf or |w| > {WEIGHT_LIMIT:g} in "
+                                 f"{describe_nonfinite(bad)}", weights_suspect=False)
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -347,10 +429,44 @@ class Trainer:
 
     def _nan_error(self, parts: dict[str, torch.Tensor]) -> ApdError:
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items() if k != "loss")
-        last = self.run_dir / "last.pt"
-        where = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
-        return ApdError(f"loss became nan at step {self.step + 1} ({shown}); {where} "
-                        f"(lower train.lr or set train.grad_clip)")
+        return self._diverged("loss became nan", shown, weights_suspect=True)
+
+    def _diverged(self, what: str, detail: str, weights_suspect: bool) -> ApdError:
+        """The one-line error for a non-finite value met while computing step ``self.step + 1``.
+
+        ``weights_suspect``: the weights of ``self.step`` produced the value (a non-finite loss or gradient),
+        so a checkpoint of that step is not good: it is moved to diverged.pt and prev.pt, whose weights gave
+        a finite loss, becomes last.pt again (what ``--resume`` reads).
+        """
+        failed = self.step + 1
+        what = f"{what} at step {failed} ({detail})"
+        if not self.info.is_main:
+            return ApdError(f"{what} (see the main process for the checkpoints)")
+        last, prev, bad = (self.run_dir / n for n in ("last.pt", "prev.pt", "diverged.pt"))
+
+        def step_of(p: Path) -> int | None:
+            try:
+                return int(load_checkpoint(p)["step"]) if p.is_file() else None
+            except (ApdError, KeyError, ValueError, TypeError):
+                return None
+
+        s_last = step_of(last)
+        if s_last is None:
+            where = "no checkpoint was written yet"
+        elif weights_suspect and s_last >= self.step:
+            os.replace(last, bad)
+            s_prev = step_of(prev)
+            if s_prev is not None and s_prev < self.step:
+                os.replace(prev, last)
+                where = (f"last good checkpoint: {last} (step {s_prev}); the checkpoint of step {s_last}, whose "
+                         f"weights produced it, was moved to {bad}")
+            else:
+                where = (f"no good checkpoint: the only one (step {s_last}) holds the weights that produced it "
+                         f"and was moved to {bad}")
+        else:
+            where = f"last good checkpoint: {last} (step {s_last})"
+        how = ", then continue with --resume --allow-change train.lr" if where.startswith("last good") else ""
+        return ApdError(f"{what}; {where} (lower train.lr or set train.grad_clip{how})")
 
     def fit(self) -> Path:
         r, tc, info, device = self.recipe, self.recipe.train, self.info, self.device
@@ -394,12 +510,23 @@ class Trainer:
                 loss = out.total
                 if any_true(not bool(torch.isfinite(loss.detach()).item()), info, device):
                     raise self._nan_error(out.parts)
+                # BN statistics are updated by the forward pass: broken ones indict the weights of self.step
+                if any_true(not all_finite(self._buffers(), WEIGHT_LIMIT), info, device):
+                    names = nonfinite_names(((self._pname(b), b) for b in self._buffers()), WEIGHT_LIMIT)
+                    raise self._diverged("the forward pass made the BN statistics non-finite or huge",
+                                         f"nan, inf or > {WEIGHT_LIMIT:g} in {describe_nonfinite(names)}",
+                                         weights_suspect=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
                 average_gradients(self.extra_params, info)
+                # fp16 AMP: inf gradients are expected now and then; the GradScaler skips those steps itself
+                if self.scaler is None and any_true(not all_finite(p.grad for p in self.train_params), info, device):
+                    names = nonfinite_names((self._pname(p), p.grad) for p in self.train_params if p.grad is not None)
+                    raise self._diverged("gradients became non-finite", f"in {describe_nonfinite(names)}",
+                                         weights_suspect=True)
                 if self.scaler is not None:
                     if tc.grad_clip:
                         self.scaler.unscale_(self.optimizer)
@@ -410,6 +537,10 @@ class Trainer:
                     if tc.grad_clip:
                         torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
                     self.optimizer.step()
+                if any_true(not all_finite(self.train_params, WEIGHT_LIMIT), info, device):
+                    names = nonfinite_names(((self._pname(p), p) for p in self.train_params), WEIGHT_LIMIT)
+                    raise self._diverged("the weights became non-finite or huge", f"nan, inf or |w| > "
+                                         f"{WEIGHT_LIMIT:g} in {describe_nonfinite(names)}", weights_suspect=False)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.step += 1
@@ -487,18 +618,35 @@ class Trainer:
             "world_size": self.info.world_size, "device": str(self.device),
         }
         write_summary(self.run_dir, finish_run_report(self.run_dir, summary))  # + per-class IoU, curves.png
+        (self.run_dir / "prev.pt").unlink(missing_ok=True)  # only needed while training goes on
+
+    def _pname(self, p: torch.Tensor) -> str:
+        if not hasattr(self, "_param_names"):
+            self._param_names = {id(q): n for n, q in self.distiller.named_parameters()}
+            self._param_names.update({id(b): n for n, b in self.student.named_buffers()})
+        return self._param_names.get(id(p), "?")
+
+    def _buffers(self) -> list[torch.Tensor]:
+        if not hasattr(self, "_float_buffers"):
+            self._float_buffers = [b for b in self.student.buffers() if b.is_floating_point()]
+        return self._float_buffers
 
     def close(self) -> None:
+        self._release()
         cleanup(self.info)
 
 
 def train(recipe: Recipe, resume: bool = False, distill: bool = False, progress: bool = True, *,
-          on_step: Callable[[int], None] | None = None) -> Path:
+          on_step: Callable[[int], None] | None = None, exist_ok: bool = False, increment: bool = False,
+          allow_changes: Sequence[str] = ()) -> Path:
     """Train (``distill=False``: method forced to "none") or distill per ``recipe``; returns the run folder.
 
     ``on_step(step)`` is called after every completed step (tests use it to simulate interruptions).
+    ``exist_ok`` restarts a finished run in its folder, ``increment`` numbers the name (run, run2, ...),
+    ``allow_changes`` lists recipe keys (or sections) that ``resume`` may find changed.
     """
-    trainer = Trainer(recipe, resume=resume, distill=distill, progress=progress, on_step=on_step)
+    trainer = Trainer(recipe, resume=resume, distill=distill, progress=progress, on_step=on_step,
+                      exist_ok=exist_ok, increment=increment, allow_changes=allow_changes)
     try:
         return trainer.fit()
     finally:

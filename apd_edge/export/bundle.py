@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import platform
 import shutil
 import sys
@@ -26,6 +27,8 @@ from ..runtime.preprocess import preprocess_image
 from .int8 import CALIB_CACHE, DEFAULT_MAX_FLOAT, DEFAULT_TARGET_DROP, SENSITIVITY_JSON, SENSITIVITY_MD
 from .parity import FP32_MIN_AGREEMENT, parity_table, pick_indices, run_parity
 
+# files an export writes (replaced by a re-export, never carried over from the previous bundle)
+OWN_FILES = ("manifest.json", "samples.npz", "calibration.npz", "int8_sensitivity.json", "int8_sensitivity.md")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 PRECISIONS = tuple(ONNX_FILES)
 DEFAULT_PARITY_IMAGES = 128  # covers CamVid val (101) whole; larger val sets are sampled evenly
@@ -133,7 +136,92 @@ def _write_samples(out: Path, val_ds, images, prep: dict, fp32_backend, parity_s
     return write_samples(out, picked, prep, fp32_backend, source)
 
 
-def export_bundle(source: str | Path | None = None, out_dir: str | Path | None = None, *, name: str | None = None,
+def bundle_lock(out: str | Path):
+    """The lock held while a bundle folder is written (a file next to it: the folder itself is swapped)."""
+    from ..runlock import RunLock
+
+    out = Path(out)
+    return RunLock(out, what="bundle folder", lock_file=out.parent / f".{out.name}.lock",
+                   hint="; or export elsewhere with --out")
+
+
+class _Stage:
+    """An export writes into a hidden sibling folder that replaces the bundle only when complete, so a failed
+    or killed export leaves the previous bundle as it was."""
+
+    def __init__(self) -> None:
+        self.final: Path | None = None
+        self.tmp: Path | None = None
+        self.lock = None
+
+    def begin(self, out: Path) -> Path:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = bundle_lock(out).acquire()
+        self.final = out
+        olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+        if olds and not out.exists():  # killed between the two renames of a swap: the previous bundle returns
+            os.replace(olds[-1], out)
+        for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f".{out.name}.old-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by killed exports (we hold the lock)
+        self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        self.tmp.mkdir()
+        if (out / CALIB_CACHE).is_file():  # the INT8 calibration cache is keyed: the export decides if it still fits
+            shutil.copy2(out / CALIB_CACHE, self.tmp / CALIB_CACHE)
+        return self.tmp
+
+    def commit(self) -> Path:
+        final, tmp = self.final, self.tmp
+        old = None
+        if final.is_dir():
+            for f in final.iterdir():  # keep what is not ours (e.g. notes); old model files are dropped
+                ours = (f.name in OWN_FILES or f.name.startswith("model") and f.suffix in (".onnx", ".engine"))
+                if not ours and not (tmp / f.name).exists():
+                    os.replace(f, tmp / f.name)
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.tmp = None
+        self._release()
+        return final
+
+    def keep_failed(self) -> Path:
+        """Move a bundle that failed its checks to ``<name>.failed`` for inspection; returns that folder."""
+        failed = self.final.parent / f"{self.final.name}.failed"
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(self.tmp, failed)
+        self.tmp = None
+        return failed
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def export_bundle(source: str | Path | None = None, out_dir: str | Path | None = None, **kwargs) -> Path:
+    """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
+
+    The bundle folder is locked while it is written, and the export goes to a temporary sibling folder that
+    replaces the previous bundle only once complete. Options: see ``_export_bundle``.
+    """
+    stage = _Stage()
+    try:
+        _export_bundle(source, out_dir, _stage=stage, **kwargs)
+        return stage.commit()
+    finally:
+        stage.abort()  # no-op after commit
+
+
+def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None = None, *, name: str | None = None,
                   input_size: Sequence[int] | None = None, precisions: Sequence[str] = ("fp32",),
                   dynamic: bool = False, argmax: bool = False, calib_images: int = 128,
                   calib_method: str = "auto", trt: bool = False, data_root: str | Path | None = None,
@@ -142,7 +230,7 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
                   preprocess: str | None = None, progress: bool = True,
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
-                  threads: int | None = None) -> Path:
+                  threads: int | None = None, _stage: _Stage | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
     INT8 (``int8.build_int8``): streaming calibration on training images (cached in the bundle), the
@@ -193,6 +281,9 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     workspace_gb = float(workspace_gb or recipe.export.workspace_gb)
     name = name or recipe.name or ckpt_path.parent.name
     out = Path(out_dir) if out_dir is not None else Path("export") / name
+    final = out
+    if _stage is not None:
+        out = _stage.begin(out)  # everything below writes into the staging folder
 
     if "data" in raw_recipe:
         val_ds = _open_dataset(recipe, recipe.data.val_split, "parity", required=False)
@@ -311,12 +402,14 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
     save_manifest(manifest, out)
     agree = parity["fp32"]["agreement"]
     if agree < FP32_MIN_AGREEMENT:
+        failed = _stage.keep_failed() if _stage is not None else out
         raise ApdError(f"FP32 ONNX parity failed: argmax agreement with PyTorch {agree:.3f}% < {FP32_MIN_AGREEMENT}% "
-                       f"(max |dlogit| {parity['fp32']['max_abs_diff']:.3g}); see {out / 'manifest.json'}")
+                       f"(max |dlogit| {parity['fp32']['max_abs_diff']:.3g}); see {failed / 'manifest.json'}"
+                       + ("; the previous bundle is unchanged" if final.exists() else ""))
 
     if trt:  # the same engine build as `apd-edge build` on a copied bundle
         from .build import build_bundle
 
         build_bundle(out, precisions, workspace_gb=workspace_gb, log=log)
-    log(f"bundle written: {out}")
+    log(f"bundle written: {final}")
     return out

@@ -91,7 +91,15 @@ class Segmenter:
 
     def postprocess(self, raw: np.ndarray, meta: PrepMeta) -> np.ndarray:
         kind = "labels" if raw.ndim in (2, 3) and raw.dtype.kind in "iu" else "logits"
+        if kind == "logits":
+            self._check_finite(raw)
         return postprocess(raw, meta, kind)
+
+    def _check_finite(self, logits: np.ndarray) -> None:
+        """NaN/inf logits have no argmax worth showing: refuse them (one float64 sum: NaN and inf propagate)."""
+        if not np.isfinite(np.sum(logits, dtype=np.float64)):
+            raise ApdError(f"the model produced non-finite outputs (nan/inf) with backend {self.backend!r}, precision "
+                           f"{self.precision!r}: the bundle's weights are broken or this precision overflows")
 
     # -- whole pipeline -------------------------------------------------------------------------------
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -102,7 +110,9 @@ class Segmenter:
     def predict_logits(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB HxWx3 -> float32 CxHxW logits at the image's size."""
         x, meta = self.preprocess(image)
-        return restore_logits(self.infer(x, output="logits"), meta)
+        raw = self.infer(x, output="logits")
+        self._check_finite(raw)
+        return restore_logits(raw, meta)
 
     def _pick(self, output: str) -> str:
         if output == "auto":
