@@ -252,7 +252,10 @@ def main() -> None:
                     help="a QAT run folder (apd-edge qat) of model NAME")
     ap.add_argument("--latency-only", default="", help="students timed with random weights, e.g. bisenetv2,mobilenetv2")
     ap.add_argument("--calib-images", type=int, default=128)
-    ap.add_argument("--rss-images", type=int, default=512)
+    ap.add_argument("--rss-images", type=int, default=512, help="0: skip the calibration-memory measurement")
+    ap.add_argument("--variants", default="plain-percentile,plain-auto,mixed",
+                    help="exports per model; 'mixed' alone also reports plain INT8 with the chosen method")
+    ap.add_argument("--sensitivity-images", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=5)
@@ -279,30 +282,44 @@ def main() -> None:
     for name, run in runs.items():
         bundle = work / "bundles" / name
         r = doc["models"][name] = {"run": str(run), "variants": {}}
-        r["variants"]["plain (percentile)"] = _export(run, bundle, args.data_root, args.threads,
-                                                      calib_images=args.calib_images, calib_method="percentile",
-                                                      int8_target=None, int8_sensitivity=False)
-        r["variants"]["plain (auto method)"] = _export(run, bundle, args.data_root, args.threads,
-                                                       calib_images=args.calib_images, int8_target=None,
-                                                       int8_sensitivity=False)
-        r["variants"]["mixed (default)"] = _export(run, bundle, args.data_root, args.threads,
-                                                   calib_images=args.calib_images)
+        variants = args.variants.split(",")
+        if "plain-percentile" in variants:
+            r["variants"]["plain (percentile)"] = _export(run, bundle, args.data_root, args.threads,
+                                                          calib_images=args.calib_images, calib_method="percentile",
+                                                          int8_target=None, int8_sensitivity=False)
+        if "plain-auto" in variants:
+            r["variants"]["plain (auto method)"] = _export(run, bundle, args.data_root, args.threads,
+                                                           calib_images=args.calib_images, int8_target=None,
+                                                           int8_sensitivity=False)
+        if "mixed" in variants:
+            v = _export(run, bundle, args.data_root, args.threads, calib_images=args.calib_images,
+                        sensitivity_images=args.sensitivity_images)
+            r["variants"]["mixed (default)"] = v
+            if "plain-auto" not in variants:  # the same export measured plain INT8 first, on the same images
+                m = json.loads((bundle / "manifest.json").read_text())["quantization"]
+                r["variants"]["plain (auto method)"] = {**v, "float_layers": 0, "float_nodes": [],
+                                                        "miou_int8": v["miou_fp32"] - m["plain"]["miou_drop"],
+                                                        "target": {"met": m["plain"]["miou_drop"] <= 0.5},
+                                                        "note": "measured inside the mixed export (INT8 before "
+                                                                "any layer went back to float)"}
         if name in qat:
             r["variants"]["QAT + mixed (default)"] = _export(Path(qat[name]), work / "bundles" / f"{name}_qat",
                                                              args.data_root, args.threads,
                                                              calib_images=args.calib_images)
-        r["calib_rss"] = calib_rss(bundle, args.data_root, args.rss_images)
+        if args.rss_images:
+            r["calib_rss"] = calib_rss(bundle, args.data_root, args.rss_images)
         r["latency"] = latency(bundle, args.threads, args.rounds, args.iters)
-        print(json.dumps({name: {"latency": r["latency"], "calib_rss": r["calib_rss"]}}), flush=True)
+        print(json.dumps({name: {"latency": r["latency"], "calib_rss": r.get("calib_rss")}}), flush=True)
     for name in [n for n in args.latency_only.split(",") if n]:
         run = random_student(name, work / "runs", args.data_root)
         bundle = work / "bundles" / f"{name}_random"
         r = doc["models"][f"{name} (random weights)"] = {"run": str(run)}
         _export(run, bundle, args.data_root, args.threads, calib_images=min(args.calib_images, 32), int8_target=None,
                 int8_sensitivity=False)
-        r["calib_rss"] = calib_rss(bundle, args.data_root, args.rss_images)
+        if args.rss_images:
+            r["calib_rss"] = calib_rss(bundle, args.data_root, args.rss_images)
         r["latency"] = latency(bundle, args.threads, args.rounds, args.iters)
-        print(json.dumps({name: {"latency": r["latency"], "calib_rss": r["calib_rss"]}}), flush=True)
+        print(json.dumps({name: {"latency": r["latency"], "calib_rss": r.get("calib_rss")}}), flush=True)
     doc["verdicts"] = _verdicts(doc)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
