@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import IGNORE_INDEX, Recipe, RecipeError, _build, _parse_override, recipe_from_dict, recipe_to_dict
-from ..errors import ApdError
+from ..errors import ApdError, suggest
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .fakequant import (QMAX, QMIN, activation_scales, fp32_state_dict, freeze_batchnorm, insert_fake_quant,
                         load_activation_scales, quantizable_convs, set_observing)
@@ -75,6 +75,10 @@ class QATConfig:
 
 def qat_config_from_dict(data: dict | None) -> QATConfig:
     """Validate a plain mapping into a QATConfig (errors name the key, ``qat.lr``)."""
+    names = [f.name for f in dataclasses.fields(QATConfig)]
+    for key in data or {}:
+        if key not in names:
+            raise RecipeError(f"unknown QAT option 'qat.{key}'{suggest(str(key), names)}")
     cfg = _build(QATConfig, dict(data or {}), "qat")
     if cfg.crop is not None and (len(cfg.crop) != 2 or any(c < 32 or c % 32 for c in cfg.crop)):
         raise RecipeError(f"qat.crop: {cfg.crop} must be two multiples of 32 (>= 32), e.g. [384, 480]")
@@ -189,6 +193,8 @@ class QATRun:
                                       iterations=cfg.iterations)
         self.recipe = r
         self.device = resolve_device(cfg.device)
+        if cfg.teacher and not (r.teacher.name or r.teacher.factory):
+            raise ApdError("qat.teacher: the source recipe names no teacher (teacher.name / teacher.factory)")
         if Path(r.output_dir).resolve() / self.name == self.source.parent:
             raise ApdError(f"QAT run folder {self.source.parent} is the source run itself; pass another --name")
         if not resume and (Path(r.output_dir) / self.name / "last.pt").exists():
@@ -213,8 +219,6 @@ class QATRun:
             p.requires_grad_(True)
         self.teacher = None
         if cfg.teacher:
-            if not (r.teacher.name or r.teacher.factory):
-                raise ApdError("qat.teacher: the source recipe names no teacher (teacher.name / teacher.factory)")
             from ..distill.teacher import build_teacher
 
             self.teacher = build_teacher(r, self.num_classes).to(self.device).eval()
