@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from onnx import numpy_helper
 from torch import nn
 
 from apd_edge.cli.main import cli
@@ -20,6 +21,7 @@ from apd_edge.engine.fakequant import (ActQuant, QATConv, fake_quant_act, fake_q
                                        insert_fake_quant, quantizable_convs, remove_fake_quant)
 from apd_edge.engine.qat import QATConfig, QATRun, parse_qat_overrides, pixel_kl, run_qat
 from apd_edge.errors import ApdError
+from apd_edge.export.qat import module_of_node
 
 TINY = {"alpha2": 1, "alpha3": 1}
 
@@ -169,8 +171,32 @@ def test_qat_run_loads_as_plain_model_and_exports_a_valid_qdq_graph(trained, tmp
     bundle = export_bundle(run, tmp_path / "bundle", precisions=["fp32", "int8"], calib_images=4, parity_images=2,
                            progress=False)
     fp32 = onnx.load(str(bundle / "model.onnx"))
-    report = check_qdq(onnx.load(str(bundle / "model_int8.onnx")), classifier=classifier_nodes(fp32)[:1])
+    int8 = onnx.load(str(bundle / "model_int8.onnx"))
+    report = check_qdq(int8, classifier=classifier_nodes(fp32)[:1])
     assert report["problems"] == [] and report["quantized_convs"] > 20
+
+    # the conv inputs carry the QAT ranges, not freshly calibrated ones
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["quantization"]["qat_ranges"] > 10
+    inits = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    prod = {o: n for n in int8.graph.node for o in n.output}
+    checked = 0
+    for node in int8.graph.node:
+        name = module_of_node(node.name)
+        if node.op_type in ("Conv", "ConvTranspose") and name in q["act_scales"]:
+            dq = prod[node.input[0]]
+            assert dq.op_type == "DequantizeLinear"
+            assert float(inits[dq.input[1]]) == pytest.approx(q["act_scales"][name], rel=1e-6), name
+            checked += 1
+    assert checked == len(q["quantized"])
+
+
+def test_module_of_node_reads_the_exporters_scope_names():
+    assert module_of_node("/level2/level2.0/reduce/Conv") == "level2.0.reduce"
+    assert module_of_node("/level2_0/branches.0/Conv") == "level2_0.branches.0"
+    assert module_of_node("/level1/level1.0/Conv") == "level1.0"
+    assert module_of_node("/up1/ConvTranspose") == "up1"
+    assert module_of_node("Conv_12") == ""
 
 
 def test_qat_lowers_the_kl_to_the_fp32_model(trained, tmp_path):

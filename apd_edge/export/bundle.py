@@ -107,11 +107,12 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
                   calib_method: str = "percentile", trt: bool = False, data_root: str | Path | None = None,
                   parity_images: int = DEFAULT_PARITY_IMAGES, opset: int | None = None,
                   nodes_to_exclude: Sequence[str] | None = None, workspace_gb: float | None = None,
-                  preprocess: str | None = None, progress: bool = True) -> Path:
+                  preprocess: str | None = None, progress: bool = True, qat_ranges: bool = True) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
     Fails with ApdError on bad input, when INT8 calibration has no real dataset, and when FP32 parity
-    (argmax agreement with PyTorch) is under 99.9 %.
+    (argmax agreement with PyTorch) is under 99.9 %. A QAT checkpoint's activation ranges replace the
+    calibrated ones of the conv inputs it quantized (``qat_ranges``).
     """
     from ..config import recipe_from_dict
     from ..engine.checkpoint import model_from_checkpoint
@@ -194,8 +195,14 @@ def export_bundle(source: str | Path | None = None, out_dir: str | Path | None =
         reader = ImageCalibrationReader(
             (img for img, _ in _images(train_ds, idx)),
             lambda im: preprocess_image(im, tuple(size), mean, std, mode, prep["pad_fill"])[0])
+        overrides = None
+        if qat_ranges and ckpt.get("qat"):
+            from .qat import qat_range_overrides
+
+            overrides = qat_range_overrides(ckpt["qat"])
+            log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
         extra["int8"] = quantize_int8(out / ONNX_FILES["fp32"], out / ONNX_FILES["int8"], reader, method=calib_method,
-                                      nodes_to_exclude=nodes_to_exclude)
+                                      nodes_to_exclude=nodes_to_exclude, range_overrides=overrides)
         files.append(file_entry(out, ONNX_FILES["int8"], "onnx", "int8"))
 
     # parity on real val images (or, without a dataset, a fixed pseudo-random image: max diff and agreement only)

@@ -67,6 +67,28 @@ def _entropy_ranges(model_path: Path, reader, op_types: list[str], tmp: Path) ->
     return path
 
 
+def _ranges_with_overrides(model_path: Path, reader, op_types: list[str], tmp: Path, method: str, percentile: float,
+                           overrides: dict[str, float]) -> Path:
+    """Calibrate as ``method`` would, then replace the ranges of ``overrides`` (tensor -> amax, symmetric),
+    e.g. the frozen activation ranges of a QAT checkpoint; saved as a calibration cache for quantize_static."""
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, create_calibrator,
+                                                    save_tensors_data)
+
+    cm, opts = {"entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 256}),
+                "percentile": (CalibrationMethod.Percentile, {"percentile": percentile}),
+                "minmax": (CalibrationMethod.MinMax, {})}[method]
+    calibrator = create_calibrator(model_path, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=cm, extra_options={"symmetric": True, **opts})
+    calibrator.collect_data(reader)
+    data = calibrator.compute_data()
+    for name, amax in overrides.items():
+        if name in data.data:
+            data.data[name] = TensorData(lowest=np.array(-amax, np.float32), highest=np.array(amax, np.float32))
+    path = tmp / "ranges.json"
+    save_tensors_data(data, path)
+    return path
+
+
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
@@ -119,11 +141,12 @@ def _ensure_node_names(model: onnx.ModelProto) -> None:
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, reader, *, method: str = "percentile",
                   nodes_to_exclude: Sequence[str] | None = None, exclude_classifier: bool = True,
                   per_channel: bool = True, quantize_bias: bool = False, percentile: float = 99.999,
-                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE) -> dict:
+                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE,
+                  range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None) -> dict:
     """Quantize ``fp32_path`` into a symmetric Q/DQ ONNX at ``out_path``; returns a summary for the manifest.
 
     ``quantize_bias=False`` keeps conv biases in float (TensorRT fuses them; int32 bias DQ is not part of
-    its Q/DQ rules).
+    its Q/DQ rules). ``range_overrides(graph) -> {tensor: amax}`` replaces calibrated ranges (QAT's).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -139,6 +162,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, reader, *, method
         _ensure_node_names(model)
         onnx.save(model, str(pre))
         excluded = list(nodes_to_exclude or [])
+        overrides = range_overrides(model) if range_overrides is not None else {}
         cls_nodes = classifier_nodes(model) if exclude_classifier else []
         excluded += [n for n in cls_nodes if n not in excluded]
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias,
@@ -150,7 +174,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, reader, *, method
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 cache = None
-                if method == "entropy":
+                if overrides:
+                    cache = _ranges_with_overrides(pre, reader, list(op_types), Path(tmp), method, percentile, overrides)
+                elif method == "entropy":
                     cache = _entropy_ranges(pre, reader, list(op_types), Path(tmp))
                 quantize_static(str(pre), str(out_path), None if cache else reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=list(op_types), per_channel=per_channel,
@@ -162,7 +188,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, reader, *, method
     report = assert_qdq_conformance(out_path, classifier=cls_nodes[:1] if cls_nodes else None)
     return {"method": method, "calib_images": getattr(reader, "count", None), "per_channel": per_channel,
             "symmetric": True, "quantize_bias": quantize_bias, "excluded_nodes": excluded, "op_types": list(op_types),
-            **({"percentile": percentile} if method == "percentile" else {}), "qdq_check": report}
+            **({"percentile": percentile} if method == "percentile" else {}), "qdq_check": report,
+            **({"qat_ranges": len(overrides)} if overrides else {})}
 
 
 # ---------------------------------------------------------------------------------------------------
