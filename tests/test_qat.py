@@ -247,6 +247,20 @@ def test_resume_after_interruption_gives_identical_weights(trained, tmp_path):
     assert steps == [2, 4, 6]
 
 
+def test_teacher_distillation_term(trained, tmp_path):
+    from apd_edge.engine.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(trained / "best.pt")
+    ckpt["recipe"]["teacher"]["checkpoint"] = str(trained / "best.pt")  # the teacher is the FP32 student itself
+    save_checkpoint(ckpt, tmp_path / "src" / "best.pt")
+    run = run_qat(tmp_path / "src", _cfg(iterations=1, teacher=True, teacher_weight=0.5, log_interval=1),
+                  name="t_qat", output_dir=tmp_path, progress=False)
+    rec = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x)
+    assert rec["teacher_kd"] == pytest.approx(rec["kd"], rel=1e-5) and rec["kd"] > 0
+    assert rec["loss"] == pytest.approx(rec["ce"] + 1.5 * rec["kd"], rel=1e-5)
+    assert load_checkpoint(run / "last.pt")["qat"]["loss"]["teacher_weight"] == 0.5
+
+
 def test_options_are_validated_with_one_line_errors():
     assert parse_qat_overrides(["lr=5e-4", "qat.temperature=2", "crop=[64,96]"]).lr == 5e-4
     with pytest.raises(RecipeError, match="unknown QAT option 'qat.temprature'.*temperature"):

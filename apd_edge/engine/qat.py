@@ -193,8 +193,8 @@ class QATRun:
                                       iterations=cfg.iterations)
         self.recipe = r
         self.device = resolve_device(cfg.device)
-        if cfg.teacher and not (r.teacher.name or r.teacher.factory):
-            raise ApdError("qat.teacher: the source recipe names no teacher (teacher.name / teacher.factory)")
+        if cfg.teacher and not (r.teacher.name or r.teacher.factory or r.teacher.checkpoint):
+            raise ApdError("qat.teacher: the source recipe names no teacher (teacher.name, .checkpoint or .factory)")
         if Path(r.output_dir).resolve() / self.name == self.source.parent:
             raise ApdError(f"QAT run folder {self.source.parent} is the source run itself; pass another --name")
         if not resume and (Path(r.output_dir) / self.name / "last.pt").exists():
