@@ -54,7 +54,7 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
     ds = build_dataset(recipe.data, recipe.data.val_split)
     k = ds.num_classes
     prep = m["preprocess"]
-    files = {f["precision"]: f["path"] for f in m["files"] if f["kind"] == "onnx"}
+    files = {f["precision"]: f["path"] for f in m["files"] if f["format"] == "onnx"}
     backends = {p: OrtBackend(bundle / files[p], device="cpu") for p in precisions}
     cms = {p: np.zeros((k + 1, k + 1), np.int64) for p in precisions}
     agree = pixels = 0
@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--both-ranges", action="store_true", help="also export the QAT run with calibrated ranges")
+    ap.add_argument("--stage", choices=["all", "source", "qat"], default="all",
+                    help="source: only the PTQ export of SOURCE; qat: only the QAT run and its exports "
+                         "(rows merge into an existing results file)")
     ap.add_argument("--work", default=str(REPO / "runs" / "qat_int8"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
@@ -109,22 +112,33 @@ def main() -> None:
     work = Path(args.work)
     src = Path(args.source)
     name = (src if src.is_dir() else src.parent).name
+    res_dir = Path(args.results)
+    res_path = res_dir / f"qat_int8_{name}.json"
+    prev = json.loads(res_path.read_text()) if res_path.is_file() and args.stage != "all" else {}
+    commands = dict(prev.get("commands") or {})
+    commands[args.stage] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     t0 = time.perf_counter()
-    if args.qat_run:
+    qat_run, qat_summary = None, {}
+    if args.stage == "source":
+        pass
+    elif args.qat_run:
         qat_run = Path(args.qat_run)
     else:
         sets = [f"iterations={args.iterations}", f"batch_size={args.batch_size}", f"lr={args.lr}"] + args.overrides
         if args.crop:
             sets.append(f"crop=[{args.crop.replace('x', ',')}]")
         qat_run = run_qat(src, parse_qat_overrides(sets), output_dir=work, data_root=args.data_root, progress=True)
-    qat_summary = read_summary(qat_run)
-    t_qat = time.perf_counter() - t0
+    if qat_run is not None:
+        qat_summary = read_summary(qat_run)
 
     common = dict(precisions=["fp32", "int8"], calib_images=args.calib_images, calib_method=args.calib_method,
                   parity_images=2, data_root=args.data_root, progress=True)
-    rows = {}
-    for label, run, kw in [("PTQ (source)", src, {}), ("QAT, QAT ranges", qat_run, {"qat_ranges": True})] + (
-            [("QAT, calibrated ranges", qat_run, {"qat_ranges": False})] if args.both_ranges else []):
+    rows = dict(prev.get("rows") or {})
+    jobs = [("PTQ (source)", src, {})] if args.stage != "qat" else []
+    if qat_run is not None:
+        jobs += [("QAT, QAT ranges", qat_run, {"qat_ranges": True})] + (
+            [("QAT, calibrated ranges", qat_run, {"qat_ranges": False})] if args.both_ranges else [])
+    for label, run, kw in jobs:
         out = work / "bundles" / label.split(" ")[0].lower().replace(",", "") / ("qat_ranges" if kw.get("qat_ranges") else "calib")
         t = time.perf_counter()
         bundle = export_bundle(run, out, **common, **kw)
@@ -132,28 +146,30 @@ def main() -> None:
         print(label, rows[label], file=sys.stderr, flush=True)
 
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": _machine(), "source": str(src), "qat_run": str(qat_run),
+        "commands": commands, "machine": _machine(), "source": str(src),
+        "qat_run": str(qat_run) if qat_run is not None else prev.get("qat_run"),
         "settings": {"calib_images": args.calib_images, "calib_method": args.calib_method,
-                     "qat": qat_summary.get("qat")},
+                     "qat": qat_summary.get("qat") or (prev.get("settings") or {}).get("qat")},
         "qat_summary": {k: qat_summary.get(k) for k in ("steps", "wall_time_s", "fp32_miou", "start_fake_quant_miou",
-                                                        "final_miou", "best_miou", "best_step")},
-        "qat_wall_s": t_qat, "rows": rows,
+                                                        "final_miou", "best_miou", "best_step")}
+        if qat_summary else prev.get("qat_summary"),
+        "rows": rows,
     }
-    res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / f"qat_int8_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# INT8 before/after QAT: {name}", "", f"`{result['command']}`", "",
-             f"machine: {result['machine']['cpu']}, {args.threads} threads; calibration {args.calib_method}, "
-             f"{args.calib_images} images; QAT {qat_summary.get('steps')} steps",
+    res_path.write_text(json.dumps(result, indent=2) + "\n")
+    steps = (result["qat_summary"] or {}).get("steps")
+    lines = [f"# INT8 before/after QAT: {name}", ""] + [f"`{c}`" for c in commands.values()] + [
+             "", f"machine: {result['machine']['cpu']}, {args.threads} threads; calibration {args.calib_method}, "
+             f"{args.calib_images} images; QAT {steps} steps (mIoU over the dataset's classes, all val images)",
              "", "| export | FP32 mIoU | INT8 mIoU | INT8 - FP32 | INT8 argmax agreement |", "|---|---|---|---|---|"]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['fp32_miou']:.2f} | {r['int8_miou']:.2f} | {r['int8_miou'] - r['fp32_miou']:+.2f} "
                      f"| {r['int8_agreement']:.1f} % |")
-    ref = rows["PTQ (source)"]["fp32_miou"]
-    best = max(r["int8_miou"] for r in rows.values())
-    lines += ["", f"Best INT8 mIoU {best:.2f} vs source FP32 {ref:.2f}: {best - ref:+.2f} "
-                  f"({'within' if best - ref >= -0.5 else 'not within'} 0.5 of FP32)."]
+    if "PTQ (source)" in rows:
+        ref = rows["PTQ (source)"]["fp32_miou"]
+        best = max(r["int8_miou"] for r in rows.values())
+        lines += ["", f"Best INT8 mIoU {best:.2f} vs source FP32 {ref:.2f}: {best - ref:+.2f} "
+                      f"({'within' if best - ref >= -0.5 else 'not within'} 0.5 of FP32)."]
     (res_dir / f"qat_int8_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
