@@ -6,7 +6,7 @@ with --both-ranges, also with freshly calibrated ranges), and scores every bundl
 images of the val split: mIoU over the dataset's classes (a prediction of an extra output class, e.g. the
 authors' ESPNet's void, counts as an error), and INT8 argmax agreement with the same bundle's FP32.
 Usage:
-    python benchmarks/qat_int8.py runs/espnet_camvid --iterations 200 --crop 256x352 --threads 2
+    python benchmarks/qat_int8.py runs/espnet_camvid --iterations 120 --crop 256x352 --threads 1
 Writes benchmarks/results/qat_int8_<name>.json and .md (command, machine, settings, numbers).
 """
 
@@ -38,7 +38,7 @@ def _machine() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8")) -> dict:
+def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"), threads: int | None = None) -> dict:
     """mIoU (dataset classes) of each precision of ``bundle`` on all val images, and INT8 agreement with FP32."""
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_dataset
@@ -55,7 +55,7 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
     k = ds.num_classes
     prep = m["preprocess"]
     files = {f["precision"]: f["path"] for f in m["files"] if f["format"] == "onnx"}
-    backends = {p: OrtBackend(bundle / files[p], device="cpu") for p in precisions}
+    backends = {p: OrtBackend(bundle / files[p], device="cpu", threads=threads) for p in precisions}
     cms = {p: np.zeros((k + 1, k + 1), np.int64) for p in precisions}
     agree = pixels = 0
     for i in range(len(ds)):
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--calib-method", default="percentile")
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--both-ranges", action="store_true", help="also export the QAT run with calibrated ranges")
     ap.add_argument("--stage", choices=["all", "source", "qat"], default="all",
                     help="source: only the PTQ export of SOURCE; qat: only the QAT run and its exports "
@@ -142,7 +142,7 @@ def main() -> None:
         out = work / "bundles" / label.split(" ")[0].lower().replace(",", "") / ("qat_ranges" if kw.get("qat_ranges") else "calib")
         t = time.perf_counter()
         bundle = export_bundle(run, out, **common, **kw)
-        rows[label] = {"bundle": str(bundle), "export_s": time.perf_counter() - t, **score_bundle(bundle, args.data_root)}
+        rows[label] = {"bundle": str(bundle), "export_s": time.perf_counter() - t, **score_bundle(bundle, args.data_root, threads=args.threads)}
         print(label, rows[label], file=sys.stderr, flush=True)
 
     result = {
