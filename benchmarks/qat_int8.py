@@ -156,6 +156,14 @@ def main() -> None:
         "rows": rows,
     }
     res_dir.mkdir(parents=True, exist_ok=True)
+    if args.stage != "all" and res_path.is_file():  # another stage may have finished meanwhile: merge its rows
+        latest = json.loads(res_path.read_text())
+        result["rows"] = rows = {**(latest.get("rows") or {}), **rows}
+        result["commands"] = commands = {**(latest.get("commands") or {}), **commands}
+        for key in ("qat_run", "qat_summary"):
+            result[key] = result[key] or latest.get(key)
+        if not result["settings"]["qat"]:
+            result["settings"]["qat"] = (latest.get("settings") or {}).get("qat")
     res_path.write_text(json.dumps(result, indent=2) + "\n")
     steps = (result["qat_summary"] or {}).get("steps")
     lines = [f"# INT8 before/after QAT: {name}", ""] + [f"`{c}`" for c in commands.values()] + [
