@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--crop", default=None, help="HxW training crops for QAT (default: the recipe's)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="more QAT options KEY=VALUE")
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--calib-method", default="percentile")

@@ -203,7 +203,7 @@ def test_qat_lowers_the_kl_to_the_fp32_model(trained, tmp_path):
     from apd_edge.data import build_loader
 
     torch.manual_seed(0)
-    run = QATRun(trained, _cfg(iterations=20, ce_weight=0.0, lr=3e-3, ckpt_interval=20), output_dir=tmp_path,
+    run = QATRun(trained, _cfg(iterations=20, ce_weight=0.0, optimizer="sgd", lr=3e-3, ckpt_interval=20), output_dir=tmp_path,
                  progress=False)
     run.calibrate()
     images = next(iter(build_loader(run.recipe, "train", train=False, batch_size=12)))[0][:, :, :64, :96]
