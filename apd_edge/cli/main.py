@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "quickstart": "apd_edge.cli.train:quickstart",
     "import": "apd_edge.cli.import_cmd:import_cmd",
     "runs": "apd_edge.cli.runs:runs",
+    "qat": "apd_edge.cli.qat:qat",
 }
 
 

@@ -230,7 +230,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                   preprocess: str | None = None, progress: bool = True,
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
-                  threads: int | None = None, _stage: _Stage | None = None) -> Path:
+                  threads: int | None = None, qat_ranges: bool = True,
+                  _stage: _Stage | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
     INT8 (``int8.build_int8``): streaming calibration on training images (cached in the bundle), the
@@ -240,7 +241,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     written and marked in the manifest.
 
     Fails with ApdError on bad input, when INT8 calibration has no real dataset, and when FP32 parity
-    (argmax agreement with PyTorch) is under 99.9 %.
+    (argmax agreement with PyTorch) is under 99.9 %. A QAT checkpoint's activation ranges replace the
+    calibrated ones of the conv inputs it quantized (``qat_ranges``).
     """
     from ..config import recipe_from_dict
     from ..engine.checkpoint import model_from_checkpoint
@@ -342,12 +344,19 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
         if val_ds is not None and extras:
             scored_classes(num_classes, val_ds.num_classes, extras, "the checkpoint")
         ev = _eval_set(val_items, prep, num_classes, num_classes - len(extras) if extras else None)
+        overrides = None
+        if qat_ranges and ckpt.get("qat"):  # a QAT run: the activation ranges it trained with win
+            from .qat import qat_range_overrides
+
+            overrides = qat_range_overrides(ckpt["qat"])
+            log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
         desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
                 "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
         extra["int8"] = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
                                    method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
                                    sensitivity_images=sensitivity_images, max_float=int8_max_float,
-                                   nodes_to_exclude=nodes_to_exclude or (), threads=threads, log=log)
+                                   nodes_to_exclude=nodes_to_exclude or (), threads=threads,
+                                   range_overrides=overrides, log=log)
         del ev
         gate = extra["int8"]["target"]
         if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity
