@@ -244,6 +244,26 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_calib_rss":
         _calib_rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "rss":  # calibration memory alone, for bundles already exported
+        ap = argparse.ArgumentParser(description="peak RSS of calibrating a bundle's FP32 graph on N images")
+        ap.add_argument("rss")
+        ap.add_argument("bundles", nargs="+")
+        ap.add_argument("--data-root", default=os.environ.get("APD_EDGE_CAMVID", str(DEFAULT_DATA)))
+        ap.add_argument("--images", type=int, nargs="+", default=[64, 512])
+        ap.add_argument("--out", default=str(RESULTS / "int8_calib_rss.json"))
+        a = ap.parse_args()
+        doc = {"command": " ".join(shlex.quote(x) for x in [sys.executable.split("/")[-1], *sys.argv]),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _cpu_flags(), "rows": []}
+        for b in a.bundles:
+            for n in a.images:
+                row = {"bundle": b, **calib_rss(Path(b), a.data_root, n)}
+                print(json.dumps(row), flush=True)
+                doc["rows"].append(row)
+        peak = max(r["peak_rss_mb"] for r in doc["rows"])
+        doc["verdict"] = f"peak calibration RSS {peak:.0f} MB: {'within' if peak <= 4096 else 'over'} the 4 GB bound"
+        Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
+        print(doc["verdict"])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default=os.environ.get("APD_EDGE_CAMVID", str(DEFAULT_DATA)))
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the ESPNet authors' CamVid model")
