@@ -86,6 +86,6 @@ def setup_threads(requested: int | None = None, recipe_value: int | None = None,
                   warn: Callable[[str], None] | None = None) -> int:
     """Resolve, warn (stderr by default) and apply; returns the thread count."""
     n, warning = resolve_threads(requested, recipe_value)
-    if warning:
+    if warning and os.environ.get("APD_EDGE_NO_LOAD_WARNING", "") in ("", "0"):
         (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(warning)
     return apply_threads(n, torch=torch)
