@@ -47,7 +47,11 @@ def setup(tmp_path_factory):
     train(recipe_from_dict(teacher), progress=False)
     student = _base(tmp, "student", 7)
     (tmp / "student.yaml").write_text(yaml.safe_dump(student))
-    plan = {"output_dir": str(tmp / "study"), "students": [{"recipe": "student.yaml", "name": "esp"}],
+    # BiSeNetV2's heads have dropout: its runs check that each run keeps its own RNG stream
+    student["model"] = {"name": "bisenetv2", "kwargs": {"head_channels": 16, "aux_channels": 8}}
+    (tmp / "bisenet.yaml").write_text(yaml.safe_dump(student))
+    plan = {"output_dir": str(tmp / "study"),
+            "students": [{"recipe": "student.yaml", "name": "esp"}, {"recipe": "bisenet.yaml"}],
             "methods": ["none", "kd", "cwd", "apd"], "seeds": [0, 5],
             "teacher": {"checkpoint": str(tmp / "runs" / "teacher" / "last.pt")}}
     (tmp / "plan.yaml").write_text(yaml.safe_dump(plan))
@@ -77,7 +81,8 @@ def _assert_same_checkpoint(a_path, b_path):
 def test_study_runs_equal_runs_trained_alone_and_resume_after_a_kill(setup, tmp_path):
     plan = load_plan(setup / "plan.yaml", [f"output_dir={tmp_path / 'study'}"])
     runs = plan_runs(plan)
-    assert [r.name for r in runs] == [f"esp_{m}_s{s}" for s in (0, 5) for m in ("none", "kd", "cwd", "apd")]
+    assert [r.name for r in runs] == [f"{st}_{m}_s{s}" for s in (0, 5) for st in ("esp", "bisenetv2")
+                                      for m in ("none", "kd", "cwd", "apd")]
 
     class Kill(Exception):
         pass
@@ -94,7 +99,7 @@ def test_study_runs_equal_runs_trained_alone_and_resume_after_a_kill(setup, tmp_
     assert torch.load(cut / "last.pt", weights_only=True)["step"] == 3 and not (cut / "summary.json").exists()
     record = run_study(plan, progress=False)  # resume: seed 0 skipped, seed 5 continues from step 3
     assert set(record["streams"]) == {"seed 0", "seed 5"}
-    # one teacher forward per batch for the three distilling runs of a stream
+    # one teacher forward per batch for the six distilling runs of a stream
     assert record["streams"]["seed 0"]["teacher_forwards"] == 7
 
     for r in runs:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "distill": "apd_edge.cli.train:distill",
     "eval": "apd_edge.cli.train:eval_cmd",
     "quickstart": "apd_edge.cli.train:quickstart",
+    "study": "apd_edge.cli.study:study",
 }
 
 

@@ -137,10 +137,17 @@ def _unknown_method(name: str) -> str:
 
 
 def _recipe_path(plan: StudyPlan, recipe: str) -> Path:
+    """A recipe path as given if it exists from here, else relative to the plan's folder (shown short)."""
+    import os
+
     p = Path(recipe)
-    if p.is_file() or p.is_absolute():
-        return p
-    return Path(plan.base_dir) / p
+    if not (p.is_file() or p.is_absolute()):
+        p = Path(os.path.normpath(Path(plan.base_dir) / p))
+        try:
+            p = p.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    return p
 
 
 @dataclass
@@ -179,8 +186,8 @@ def _teacher_sets(plan: StudyPlan) -> list[str]:
         if tr.model.kwargs:  # e.g. output_stride: the checkpoint records them too, this keeps recipes explicit
             t.setdefault("kwargs", dict(tr.model.kwargs))
     t["checkpoint"] = teacher_checkpoint(plan)
-    return [f"teacher.{k}={json.dumps(v)}" if not isinstance(v, str) else f"teacher.{k}={v}"
-            for k, v in t.items() if v is not None]
+    # every key is set, null included: the student recipes' own teacher section must not leak through
+    return [f"teacher.{k}={v}" if isinstance(v, str) else f"teacher.{k}={json.dumps(v)}" for k, v in t.items()]
 
 
 def plan_runs(plan: StudyPlan) -> list[PlannedRun]:
