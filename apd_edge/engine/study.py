@@ -442,6 +442,7 @@ def run_study(plan: StudyPlan, progress: bool = True, log: Callable[[str], None]
         for name, sec in stats["run_s"].items():
             rec["run_s"][name] = rec["run_s"].get(name, 0.0) + sec
         rec["runs"] = sorted(set(rec["runs"]) | {r.name for r in todo})
+        rec["teacher_runs"] = sorted(set(rec.get("teacher_runs", [])) | set(stats["teacher_runs"]))
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -530,7 +531,8 @@ def _run_stream(todo: list[PlannedRun], progress: bool, log: Callable[[str], Non
             r.finish()
         return {"wall_s": time.perf_counter() - t_wall, "teacher_s": shared.seconds if shared else 0.0,
                 "teacher_forwards": shared.forwards if shared else 0, "steps": total - min(r.start_step for r in runs),
-                "run_s": {r.planned.name: r.seconds for r in runs}}
+                "run_s": {r.planned.name: r.seconds for r in runs},
+                "teacher_runs": [r.planned.name for r in runs if r.trainer.distiller.teacher is not None]}
     finally:
         for r in runs:
             r.trainer.close()
