@@ -76,10 +76,11 @@ def test_report_from_run_folders(tmp_path):
             (d / "summary.json").write_text(json.dumps({"steps": 20, "final_miou": v / 100, "wall_time_s": 5.0}))
             (d / "metrics.jsonl").write_text("".join(json.dumps({"type": "eval", "step": k, "miou": v / 100 * k / 20})
                                                      + "\n" for k in (10, 20)))
-    (out / "study.json").write_text(json.dumps({"streams": {"seed 0": {
+    (out / "streams").mkdir()
+    (out / "streams" / "seed_0.json").write_text(json.dumps({
         "wall_s": 100.0, "teacher_s": 30.0, "teacher_forwards": 20, "steps": 20,
         "run_s": {"esp_none_s0": 20.0, "esp_apd_s0": 30.0}, "runs": ["esp_apd_s0", "esp_none_s0"],
-        "teacher_runs": ["esp_apd_s0"]}}}))
+        "teacher_runs": ["esp_apd_s0"]}))
     paths = write_report(load_plan(plan_file), tmp_path / "res", name="r")
     assert {p.name for p in paths} == {"r.md", "r.json", "r.png", "r_plan.yaml"}
     md = (tmp_path / "res" / "r.md").read_text()

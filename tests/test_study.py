@@ -99,8 +99,11 @@ def test_study_runs_equal_runs_trained_alone_and_resume_after_a_kill(setup, tmp_
     assert torch.load(cut / "last.pt", weights_only=True)["step"] == 3 and not (cut / "summary.json").exists()
     record = run_study(plan, progress=False)  # resume: seed 0 skipped, seed 5 continues from step 3
     assert set(record["streams"]) == {"seed 0", "seed 5"}
-    # one teacher forward per batch for the six distilling runs of a stream
+    # one teacher forward per batch for the six distilling runs of a stream; the killed stream's record
+    # kept its time up to the last checkpoint (step 3) and added the resumed steps 3..7
     assert record["streams"]["seed 0"]["teacher_forwards"] == 7
+    assert record["streams"]["seed 5"]["steps"] == 3 + 4 and record["streams"]["seed 5"]["teacher_forwards"] == 7
+    assert len(record["streams"]["seed 5"]["teacher_runs"]) == 6
 
     for r in runs:
         if r.seed != 5:

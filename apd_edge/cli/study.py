@@ -16,9 +16,11 @@ def study() -> None:
 @study.command("run")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @set_option
+@click.option("--stage", type=click.Choice(["all", "teacher", "students"]), default="all", show_default=True,
+              help="teacher: only the plan's teacher run; students: only the student runs (e.g. one process per seed).")
 @click.option("--dry-run", is_flag=True, help="Print the equivalent single-run commands and stop.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(plan_file: str, overrides: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
+def run(plan_file: str, overrides: tuple[str, ...], stage: str, dry_run: bool, quiet: bool) -> None:
     """Train the plan's teacher (if it trains one) and every run; continues a killed study where it stopped."""
     from ..engine.study import load_plan, plan_runs, run_study, user_command
 
@@ -27,11 +29,11 @@ def run(plan_file: str, overrides: tuple[str, ...], dry_run: bool, quiet: bool) 
         for r in plan_runs(plan):
             click.echo(user_command(r))
         return
-    record = run_study(plan, progress=not quiet)
+    record = run_study(plan, progress=not quiet, stage=stage)
     for label, s in record["streams"].items():
         click.echo(f"{label}: {len(s['runs'])} runs, {s['steps']} steps in {s['wall_s']:.0f} s "
                    f"(teacher {s['teacher_s']:.0f} s, {s['teacher_forwards']} forwards)")
-    click.echo(f"study record: {plan.output_dir}/study.json")
+    click.echo(f"study record: {plan.output_dir}/study.json and {plan.output_dir}/streams/")
 
 
 @study.command("report")

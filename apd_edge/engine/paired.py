@@ -210,11 +210,10 @@ def _teacher(plan) -> dict[str, Any] | None:
 
 
 def _speedup(plan) -> dict[str, Any]:
-    """From study.json: wall time per stream, teacher time, and the cost of the same runs trained apart."""
-    path = Path(plan.output_dir) / "study.json"
-    if not path.is_file():
-        return {}
-    rec = json.loads(path.read_text())
+    """From the study record: wall time per stream, teacher time, and the cost of the same runs trained apart."""
+    from .study import read_record
+
+    rec = read_record(plan.output_dir)
     out = {}
     for label, s in rec.get("streams", {}).items():
         n_teach = len(s.get("teacher_runs", []))

@@ -400,12 +400,14 @@ def _train_teacher(plan: StudyPlan, log: Callable[[str], None], progress: bool) 
 
 def run_study(plan: StudyPlan, progress: bool = True, log: Callable[[str], None] | None = None,
               only: Callable[[PlannedRun], bool] | None = None,
-              on_step: Callable[[int, list[str]], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int, list[str]], None] | None = None, stage: str = "all") -> dict[str, Any]:
     """Train every run of ``plan`` (teacher first if the plan trains it); returns the study record.
 
-    ``only`` selects a subset of the runs; ``on_step(stream_step, run_names)`` is called after every
-    batch of the stream (tests use it to simulate a kill). The record (also written to
-    ``<output_dir>/study.json``) holds each seed's wall time, teacher time and per-run compute time.
+    ``stage``: "teacher" (only the plan's teacher run), "students" (only the student runs; the teacher
+    checkpoint must exist) or "all". ``only`` selects a subset of the runs; ``on_step(stream_step, run_names)`` is called after every
+    batch of the stream (tests use it to simulate a kill). The record (:func:`read_record`) holds each
+    seed's wall time, teacher time and per-run compute time; each stream keeps its own file under
+    ``<output_dir>/streams/`` (so one process per seed can run at once), updated at every checkpoint.
     """
     import sys
 
@@ -414,16 +416,20 @@ def run_study(plan: StudyPlan, progress: bool = True, log: Callable[[str], None]
             print(msg, file=sys.stderr, flush=True)
     if plan.threads:
         torch.set_num_threads(plan.threads)
+    if stage not in ("all", "teacher", "students"):
+        raise ApdError(f"study stage {stage!r}: expected all, teacher or students")
     out = Path(plan.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _train_teacher(plan, log, progress)
+    if stage != "students":
+        _train_teacher(plan, log, progress)
+    if stage == "teacher":
+        return read_record(out)
     runs = [r for r in plan_runs(plan) if only is None or only(r)]
     ckpt = teacher_checkpoint(plan)
     if any(r.method != "none" for r in runs) and ckpt and not Path(ckpt).is_file():
         raise ApdError(f"study plan: the teacher checkpoint {ckpt} does not exist (train the teacher first)")
-    record_path = out / "study.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"streams": {}}
-    record.update({"plan": dataclasses.asdict(plan), "runs": {r.name: user_command(r) for r in plan_runs(plan)}})
+    _write_json(out / "study.json", {"plan": dataclasses.asdict(plan),
+                                     "runs": {r.name: user_command(r) for r in plan_runs(plan)}})
 
     groups: dict[str, list[PlannedRun]] = {}
     for r in runs:
@@ -434,22 +440,47 @@ def run_study(plan: StudyPlan, progress: bool = True, log: Callable[[str], None]
         if not todo:
             log(f"study {plan.name}: {label}: {len(members)} runs finished before")
             continue
-        stats = _run_stream(todo, progress, log, label, on_step)
-        rec = record["streams"].setdefault(label, {"wall_s": 0.0, "teacher_s": 0.0, "teacher_forwards": 0,
-                                                   "steps": 0, "run_s": {}, "runs": []})
-        for k in ("wall_s", "teacher_s", "teacher_forwards", "steps"):
-            rec[k] += stats[k]
-        for name, sec in stats["run_s"].items():
-            rec["run_s"][name] = rec["run_s"].get(name, 0.0) + sec
-        rec["runs"] = sorted(set(rec["runs"]) | {r.name for r in todo})
-        rec["teacher_runs"] = sorted(set(rec.get("teacher_runs", [])) | set(stats["teacher_runs"]))
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        path = _stream_path(out, label)
+        base = json.loads(path.read_text()) if path.is_file() else {
+            "wall_s": 0.0, "teacher_s": 0.0, "teacher_forwards": 0, "steps": 0, "run_s": {}, "runs": [],
+            "teacher_runs": []}
+
+        def save(stats: dict[str, Any], base=base, path=path) -> None:
+            rec = {k: base[k] + stats[k] for k in ("wall_s", "teacher_s", "teacher_forwards", "steps")}
+            rec["run_s"] = dict(base["run_s"])
+            for name, sec in stats["run_s"].items():
+                rec["run_s"][name] = rec["run_s"].get(name, 0.0) + sec
+            rec["runs"] = sorted(set(base["runs"]) | set(stats["run_s"]))
+            rec["teacher_runs"] = sorted(set(base["teacher_runs"]) | set(stats["teacher_runs"]))
+            _write_json(path, rec)
+
+        _run_stream(todo, progress, log, label, on_step, save)
+    return read_record(out)
+
+
+def _stream_path(out: Path, label: str) -> Path:
+    return out / "streams" / f"{label.replace(' ', '_')}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_record(output_dir: str | Path) -> dict[str, Any]:
+    """The study record: plan and commands (study.json) plus every stream's timings (streams/*.json)."""
+    out = Path(output_dir)
+    rec = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+    rec["streams"] = {p.stem.replace("_", " "): json.loads(p.read_text())
+                      for p in sorted((out / "streams").glob("*.json"))}
+    return rec
 
 
 def _run_stream(todo: list[PlannedRun], progress: bool, log: Callable[[str], None], label: str,
-                on_step: Callable[[int, list[str]], None] | None) -> dict[str, Any]:
+                on_step: Callable[[int, list[str]], None] | None,
+                save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Train the runs of one data stream together: one batch, one teacher forward, every run steps."""
     import sys
 
@@ -488,6 +519,15 @@ def _run_stream(todo: list[PlannedRun], progress: bool, log: Callable[[str], Non
 
             bar = tqdm(total=total, initial=s, desc=label, unit="it", dynamic_ncols=True, file=sys.stderr)
         t_start = time.perf_counter()
+        s0 = s
+        save_every = min(r.trainer.recipe.train.ckpt_interval for r in runs)
+
+        def stats() -> dict[str, Any]:
+            return {"wall_s": time.perf_counter() - t_wall, "teacher_s": shared.seconds if shared else 0.0,
+                    "teacher_forwards": shared.forwards if shared else 0, "steps": s - s0,
+                    "run_s": {r.planned.name: r.seconds for r in runs},
+                    "teacher_runs": [r.planned.name for r in runs if r.trainer.distiller.teacher is not None]}
+
         while s < total:
             try:
                 images, labels = next(it)
@@ -523,16 +563,17 @@ def _run_stream(todo: list[PlannedRun], progress: bool, log: Callable[[str], Non
             s += 1
             if bar is not None:
                 bar.update(1)
+            if s % save_every == 0:
+                save(stats())
             if on_step is not None:
                 on_step(s, stepped)
         if bar is not None:
             bar.close()
         for r in runs:
             r.finish()
-        return {"wall_s": time.perf_counter() - t_wall, "teacher_s": shared.seconds if shared else 0.0,
-                "teacher_forwards": shared.forwards if shared else 0, "steps": total - min(r.start_step for r in runs),
-                "run_s": {r.planned.name: r.seconds for r in runs},
-                "teacher_runs": [r.planned.name for r in runs if r.trainer.distiller.teacher is not None]}
+        final = stats()
+        save(final)
+        return final
     finally:
         for r in runs:
             r.trainer.close()
