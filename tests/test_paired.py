@@ -92,3 +92,24 @@ def test_report_from_run_folders(tmp_path):
     assert data["curves"]["esp"]["apd"] == [[10, 11.25, 2], [20, 22.5, 2]]
     assert data["speedup"]["seed 0"]["estimated_speedup"] == pytest.approx((50 + 30) / (50 + 30))
     assert "apd-edge distill s.yaml" in md or "apd-edge distill" in md
+
+
+def test_study_cli_dry_run_and_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from apd_edge.cli.main import cli
+
+    rec = tmp_path / "s.yaml"
+    rec.write_text(yaml.safe_dump({"model": {"name": "espnet"}, "data": {"dataset": "synthetic"}}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "students": [{"recipe": "s.yaml"}],
+                                    "methods": ["none", "kd"], "seeds": [0, 1],
+                                    "teacher": {"name": "pspnet_r18", "checkpoint": "t.pt"}}))
+    res = CliRunner().invoke(cli, ["study", "run", str(plan), "--dry-run", "--set", "seeds=[3]"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("apd-edge distill") for ln in lines)
+    assert "--set name=espnet_kd_s3" in lines[1] and "--set teacher.checkpoint=t.pt" in lines[1]
+    res = CliRunner().invoke(cli, ["study", "run", str(plan), "--set", "methods=[none, kdd]"])
+    assert res.exit_code == 2 and "unknown distillation method 'kdd'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
