@@ -113,3 +113,15 @@ def test_study_cli_dry_run_and_errors(tmp_path):
     res = CliRunner().invoke(cli, ["study", "run", str(plan), "--set", "methods=[none, kdd]"])
     assert res.exit_code == 2 and "unknown distillation method 'kdd'" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_conditions_are_computed():
+    from apd_edge.engine.paired import conditions
+
+    res = {"esp": {"methods": {"none": {"n": 4}, "apd": {"n": 3}}}}
+    shapes = {"esp": {"none": {"first_gain_per_100": 10.0, "last_gain_per_100": 1.0, "past_steep_part": True}}}
+    c = conditions(res, {"esp": {"gap": 16.0}}, shapes, ["none", "apd"])
+    assert not c["ok"] and [x["ok"] for x in c["checks"]] == [False, True, True]
+    res["esp"]["methods"]["apd"]["n"] = 4
+    assert conditions(res, {"esp": {"gap": 16.0}}, shapes, ["none", "apd"])["ok"]
+    assert not conditions(res, {"esp": {"gap": 14.9}}, shapes, ["none", "apd"])["ok"]

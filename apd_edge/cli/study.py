@@ -43,12 +43,20 @@ def run(plan_file: str, overrides: tuple[str, ...], stage: str, dry_run: bool, q
               help="Folder for NAME.md, NAME.json, NAME.png and NAME_plan.yaml.")
 @click.option("--name", default=None, help="File stem (default: the plan's name).")
 @click.option("--reference", default="apd", show_default=True, help="The method compared against the others.")
-def report(plan_file: str, overrides: tuple[str, ...], out: str, name: str | None, reference: str) -> None:
+@click.option("--header", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A markdown file whose text goes under the title (where it ran, scale, status).")
+@click.option("--speedup", "speedup_json", type=click.Path(dir_okay=False), default=None,
+              help="JSON written by benchmarks/study_speedup.py, quoted in the report.")
+def report(plan_file: str, overrides: tuple[str, ...], out: str, name: str | None, reference: str,
+           header: str | None, speedup_json: str | None) -> None:
     """Paired differences per seed, their mean and 95 % t-interval, the verdict, and learning curves."""
+    from pathlib import Path
+
     from ..engine.paired import write_report
     from ..engine.study import load_plan
 
     plan = load_plan(plan_file, overrides)
-    paths = write_report(plan, out, name=name, reference=reference)
+    text = Path(header).read_text() if header else None
+    paths = write_report(plan, out, name=name, reference=reference, header=text, speedup_json=speedup_json)
     for p in paths:
         click.echo(p)

@@ -186,6 +186,24 @@ def curve_shape(curve: list[tuple[int, float, int]]) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------
 
 
+def conditions(res: dict, gaps: dict, shapes: dict, methods: list[str], min_seeds: int = 4,
+               min_gap: float = 15.0) -> dict[str, Any]:
+    """The study's preconditions, each computed: enough finished seeds, teacher gap, students past the steep part."""
+    checks = []
+    for st, r in res.items():
+        n = min((r["methods"][m]["n"] for m in methods), default=0)
+        checks.append({"ok": n >= min_seeds, "what": f"{st}: {n} finished seeds for every method (need {min_seeds})"})
+        g = gaps.get(st, {}).get("gap")
+        checks.append({"ok": g is not None and g >= min_gap,
+                       "what": f"{st}: teacher - none = {_fmt(g)} mIoU (need >= {min_gap:g})"})
+        sh = shapes.get(st, {}).get("none")
+        checks.append({"ok": bool(sh and sh["past_steep_part"]),
+                       "what": f"{st}: `none` learning curve past its steep part (last eval interval gains <= 1/4 of "
+                               f"the first: " + (f"{sh['last_gain_per_100']:+.2f} vs {sh['first_gain_per_100']:+.2f} "
+                                                 f"per 100 steps)" if sh else "not enough evaluations yet)")})
+    return {"ok": bool(checks) and all(c["ok"] for c in checks), "checks": checks}
+
+
 def _fmt(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "–"
@@ -260,6 +278,12 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
     n_done = sum(r["final_miou"] is not None for r in runs.values())
     lines += [f"**Runs finished: {n_done} of {len(runs)}.** Every number below is computed by "
               f"`apd-edge study report` from the run folders; unfinished runs are left out (–).", ""]
+    conds = conditions(res, gaps, shapes, plan.methods, min_seeds=4, min_gap=15.0)
+    lines += ["## Can this study conclude?", ""]
+    for c in conds["checks"]:
+        lines.append(f"- {'yes' if c['ok'] else 'NO'}: {c['what']}")
+    lines += ["", "**The verdict below is " + ("conclusive at this scale.**" if conds["ok"] else
+                                               "not conclusive yet (a condition above fails).**"), ""]
     lines += ["## Verdict", ""]
     for st in students:
         for m, c in res[st]["paired"].items():
@@ -325,6 +349,7 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
     md.write_text("\n".join(lines))
     js = out_dir / f"{name}.json"
     js.write_text(json.dumps({"name": name, "reference": reference, "teacher": teacher, "gaps": gaps,
+                              "conditions": conds,
                               "results": res, "curves": curves, "curve_shape": shapes, "speedup": speed,
                               "measured_speedup": measured, "runs": runs,
                               "commands": {r.name: user_command(r) for r in plan_runs(plan)}}, indent=1) + "\n")
