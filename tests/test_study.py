@@ -138,6 +138,11 @@ def test_study_runs_equal_runs_trained_alone_and_resume_after_a_kill(setup, tmp_
     # a study run folder is a normal run: --resume on it (nothing left) and eval work
     done = load_recipe(setup / "student.yaml", runs[3].overrides)
     train(done, distill=True, resume=True, progress=False)
+    from apd_edge.engine.evaluate import evaluate_checkpoint
+
+    run_dir = tmp_path / "study" / runs[3].name
+    res = evaluate_checkpoint(str(run_dir), device="cpu", progress=False)  # the run's best.pt
+    assert res["miou"] == pytest.approx(json.loads((run_dir / "summary.json").read_text())["best_miou"], abs=1e-9)
 
 
 def dataclass_replace(recipe, **kw):
