@@ -251,7 +251,7 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
 
     import yaml
 
-    from .study import plan_runs, user_command
+    from .study import plan_runs, teacher_command, user_command
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +279,10 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
     lines += [f"**Runs finished: {n_done} of {len(runs)}.** Every number below is computed by "
               f"`apd-edge study report` from the run folders; unfinished runs are left out (–).", ""]
     conds = conditions(res, gaps, shapes, plan.methods, min_seeds=4, min_gap=15.0)
+    if teacher is not None:
+        conds["checks"].insert(0, {"ok": bool(teacher["finished"]),
+                                   "what": f"teacher trained to the end ({teacher['steps']} of {teacher['iterations']} steps)"})
+        conds["ok"] = conds["ok"] and bool(teacher["finished"])
     lines += ["## Can this study conclude?", ""]
     for c in conds["checks"]:
         lines.append(f"- {'yes' if c['ok'] else 'NO'}: {c['what']}")
@@ -338,7 +342,10 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
     if measured:
         lines += ["Measured speed-up (`benchmarks/study_speedup.py`, same runs trained apart vs. in one study): "
                   f"**{measured.get('speedup', float('nan')):.2f}x**; command `{measured.get('command')}`.", ""]
-    lines += ["## Commands", "", "Each study run equals this single run (tests/test_study.py checks it bit for bit on CPU):", "",
+    lines += ["## Commands", ""]
+    if teacher_command(plan):
+        lines += ["The teacher:", "", "```", teacher_command(plan), "```", ""]
+    lines += ["Each study run equals this single run (tests/test_study.py checks it bit for bit on CPU):", "",
               "```"]
     lines += [user_command(r) for r in plan_runs(plan)]
     lines += ["```", ""]
@@ -352,6 +359,7 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
                               "conditions": conds,
                               "results": res, "curves": curves, "curve_shape": shapes, "speedup": speed,
                               "measured_speedup": measured, "runs": runs,
+                              "teacher_command": teacher_command(plan),
                               "commands": {r.name: user_command(r) for r in plan_runs(plan)}}, indent=1) + "\n")
     py = out_dir / f"{name}_plan.yaml"
     py.write_text(yaml.safe_dump(dataclasses.asdict(plan), sort_keys=False))
@@ -372,7 +380,8 @@ def _plot(curves: dict, teacher: dict | None, path: Path) -> bool:
             if c:
                 ax.plot([p[0] for p in c], [p[1] for p in c], marker="o", ms=3, label=m)
         if teacher and teacher.get("final_miou") is not None:
-            ax.axhline(teacher["final_miou"], color="gray", ls="--", lw=1, label="teacher (final)")
+            ax.axhline(teacher["final_miou"], color="gray", ls="--", lw=1,
+                       label="teacher" + ("" if teacher.get("finished") else f" (step {teacher['steps']}, unfinished)"))
         ax.set_title(f"{st}: val mIoU, mean over seeds")
         ax.set_xlabel("step")
         ax.set_ylabel("mIoU (%)")

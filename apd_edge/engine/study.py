@@ -170,6 +170,17 @@ def teacher_recipe(plan: StudyPlan) -> Recipe | None:
     return load_recipe(_recipe_path(plan, t.recipe), sets)
 
 
+def teacher_command(plan: StudyPlan) -> str | None:
+    """The teacher run as a user would type it (None when the plan brings a trained teacher)."""
+    import shlex
+
+    t = plan.teacher_train
+    if t is None:
+        return None
+    sets = [f"output_dir={plan.output_dir}", f"name={t.name}", *t.set]
+    return " ".join(["apd-edge", "train", str(_recipe_path(plan, t.recipe)), *[f"--set {shlex.quote(s)}" for s in sets]])
+
+
 def teacher_checkpoint(plan: StudyPlan) -> str | None:
     if plan.teacher.get("checkpoint"):
         return str(plan.teacher["checkpoint"])
