@@ -192,6 +192,9 @@ class DistillConfig:
     method: Literal["apd", "kd", "cwd", "skd", "ifvd", "none"] = "apd"
     kd_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # pixel-wise KD on logits
     kd_temperature: float = field(default=1.0, metadata=_rng(0.0, None, lo_open=True))
+    # bilinear upsampling of the pixel-KD logits and of APD's teacher-projector logits to label size; True is
+    # the released APD code (CriterionKD, CriterionKmeansInterWhole). The student's own upsampling is unaffected.
+    align_corners: bool = True
     apd: APDConfig = field(default_factory=APDConfig)
     cwd: CWDConfig = field(default_factory=CWDConfig)
     skd: SKDConfig = field(default_factory=SKDConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 
@@ -183,9 +184,12 @@ def test_projectors_train_only_by_their_own_losses():
     assert all(g is not None for g in s_grads) and any(g.abs().sum() > 0 for g in s_grads)
 
 
-def test_teacher_projector_step_is_one_adam_step_on_its_ce():
-    """g_t moves exactly as Adam(lr, betas) on CE(upsampled scattered z_t, labels) -- a loop reference."""
+@pytest.mark.parametrize("align", [True, False])
+def test_teacher_projector_step_is_one_adam_step_on_its_ce(align):
+    """g_t moves exactly as Adam(lr, betas) on CE(upsampled scattered z_t, labels) -- a loop reference;
+    the upsampling follows ``distill.align_corners`` (True: the released code)."""
     d = tiny_apd("batch", tau=10.0, channels=4, teacher_proj_lr=1e-2).train()
+    d.recipe = dataclasses.replace(d.recipe, distill=dataclasses.replace(d.recipe.distill, align_corners=align))
     ref = copy.deepcopy(d.teacher_proj.net)
     torch.manual_seed(3)
     fs, ft = torch.rand(2, 4, 4, 4), torch.rand(2, 4, 4, 4)
@@ -202,7 +206,7 @@ def test_teacher_projector_step_is_one_adam_step_on_its_ce():
         if m.any():
             proto = F.normalize(f.permute(0, 2, 3, 1)[m].sum(0), dim=0)
             logits[:, c] = 10.0 * torch.einsum("behw,e->bhw", f, proto)
-    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=align)
     F.cross_entropy(up, labels, ignore_index=255).backward()
     opt.step()
     for a, b in zip(ref.parameters(), d.teacher_proj.parameters()):

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "import": "apd_edge.cli.import_cmd:import_cmd",
     "runs": "apd_edge.cli.runs:runs",
     "qat": "apd_edge.cli.qat:qat",
+    "study": "apd_edge.cli.study:study",
 }
 
 

@@ -274,7 +274,8 @@ class APDDistiller(Distiller):
         parts: dict[str, torch.Tensor] = {}
         total = s_out["out"].new_zeros(())
         if dcfg.kd_weight > 0:
-            kd = pixel_kd_loss(s_out["out"], t_out["out"], labels.shape[-2:], dcfg.kd_temperature)
+            kd = pixel_kd_loss(s_out["out"], t_out["out"], labels.shape[-2:], dcfg.kd_temperature,
+                               dcfg.align_corners)
             total = total + dcfg.kd_weight * kd
             parts["kd"] = kd.detach()
         terms = self.apd_losses(s_out["feat"], t_out["feat"], labels, s_out["out"].shape[1])
@@ -303,7 +304,8 @@ class APDDistiller(Distiller):
             z_t = adaptive_logits(f_t, p_t, self.tau)
             tproj_loss = None
             if any_valid:
-                logits = upsample_to(scatter_logits(z_t, present, b, size), labels.shape[-2:])
+                logits = upsample_to(scatter_logits(z_t, present, b, size), labels.shape[-2:],
+                                     self.recipe.distill.align_corners)
                 tproj_loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
         if self.training:
             self._tproj.update(tproj_loss)

@@ -19,12 +19,15 @@ def kl_terms(logp_t: torch.Tensor, logp_s: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, size: tuple[int, int],
-                  temperature: float = 1.0) -> torch.Tensor:
-    """Pixel-wise KD: element-wise mean of the KL terms over B x C x H x W, times T^2 (float32)."""
+                  temperature: float = 1.0, align_corners: bool = False) -> torch.Tensor:
+    """Pixel-wise KD: element-wise mean of the KL terms over B x C x H x W, times T^2 (float32).
+
+    Logits not at ``size`` are upsampled bilinearly with ``align_corners`` (``distill.align_corners``).
+    """
     device_type = s_logits.device.type
     with torch.autocast(device_type=device_type, enabled=False):
-        s = upsample_to(s_logits.float(), size)
-        t = upsample_to(t_logits.detach().float(), size)
+        s = upsample_to(s_logits.float(), size, align_corners)
+        t = upsample_to(t_logits.detach().float(), size, align_corners)
         logp_s = F.log_softmax(s / temperature, dim=1)
         logp_t = F.log_softmax(t / temperature, dim=1)
         return kl_terms(logp_t, logp_s).sum() / s.numel() * (temperature ** 2)
@@ -36,5 +39,5 @@ class KDDistiller(Distiller):
 
     def distill_terms(self, s_out: dict, t_out: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         cfg = self.recipe.distill
-        kd = pixel_kd_loss(s_out["out"], t_out["out"], labels.shape[-2:], cfg.kd_temperature)
+        kd = pixel_kd_loss(s_out["out"], t_out["out"], labels.shape[-2:], cfg.kd_temperature, cfg.align_corners)
         return cfg.kd_weight * kd, {"kd": kd.detach()}
