@@ -70,9 +70,10 @@ def test_int8_qdq_conformance(bundle):
             assert zp.dtype == np.int8 and not zp.any()
     m = json.loads((bundle / "manifest.json").read_text())
     q = m["quantization"]
-    assert q["method"] in q["method_scores"] and q["method_choice"] == "auto" and q["calib_images"] == 4
-    assert q["method"] == min(q["method_scores"], key=lambda k: (round(q["method_scores"][k]["disagreement"], 6),
-                                                                 q["method_scores"][k]["rel_rmse"]))
+    assert q["method_choice"] == "auto" and q["calib_images"] == 4 and len(q["method_scores"]) == 8  # 2 schemes x 4
+    best = min(q["method_scores"], key=lambda k: (round(q["method_scores"][k]["disagreement"], 6),
+                                                  q["method_scores"][k]["rel_rmse"]))
+    assert (q["method_scores"][best]["method"], q["method_scores"][best]["scheme"]) == (q["method"], q["scheme"])
 
 
 def test_check_qdq_flags_nonzero_zero_point(bundle):

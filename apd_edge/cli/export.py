@@ -39,6 +39,8 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--int8-max-float", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Most quantizable groups (fraction) that mixed precision may keep in float.")
 @click.option("--no-sensitivity", is_flag=True, help="Skip the per-layer INT8 sensitivity analysis.")
+@click.option("--int8-scheme", default="auto", show_default=True, type=click.Choice(["auto", "all", "weighted"]),
+              help="Q/DQ on every quantizable op, or on the inputs of weighted layers only; auto measures both.")
 @click.option("--parity-images", default=128, show_default=True, type=click.IntRange(1),
               help="Val images for the ONNX-vs-PyTorch parity check and mIoU.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines on this machine's GPU.")
@@ -50,8 +52,8 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch and ONNX Runtime (default: the cores not already busy).")
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
-           plain_int8, int8_max_float, no_sensitivity, threads, parity_images, trt, data_root, opset, preprocess,
-           exclude) -> None:
+           plain_int8, int8_max_float, no_sensitivity, int8_scheme, threads, parity_images, trt, data_root, opset,
+           preprocess, exclude) -> None:
     """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle.
 
     Given a bundle folder with --trt, builds its engines as `apd-edge build` does (no torch needed).
@@ -78,5 +80,5 @@ def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_image
                         trt=trt, data_root=data_root, parity_images=parity_images, opset=opset,
                         preprocess=preprocess, nodes_to_exclude=list(exclude) or None,
                         int8_target=None if plain_int8 else int8_target, int8_max_float=int8_max_float,
-                        int8_sensitivity=not no_sensitivity, threads=threads)
+                        int8_sensitivity=not no_sensitivity, int8_scheme=int8_scheme, threads=threads)
     click.echo(str(out))

@@ -230,7 +230,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                   preprocess: str | None = None, progress: bool = True,
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
-                  threads: int | None = None, qat_ranges: bool = True,
+                  threads: int | None = None, qat_ranges: bool = True, int8_scheme: str = "auto",
                   _stage: _Stage | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
@@ -356,7 +356,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                                    method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
                                    sensitivity_images=sensitivity_images, max_float=int8_max_float,
                                    nodes_to_exclude=nodes_to_exclude or (), threads=threads,
-                                   range_overrides=overrides, log=log)
+                                   range_overrides=overrides, scheme=int8_scheme, log=log)
         del ev
         gate = extra["int8"]["target"]
         if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity

@@ -29,7 +29,7 @@ import onnx
 from ..errors import ApdError
 from ..runtime.postprocess import logits_to_labels
 from .calibrate import CALIB_METHODS, HistogramCollector, cache_key, collect_histograms, tensors_to_calibrate
-from .quantize import (OP_TYPES_TO_QUANTIZE, assert_qdq_conformance, classifier_nodes, float_groups,
+from .quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, assert_qdq_conformance, classifier_nodes, float_groups,
                        prepare_for_quantization, quantizable_nodes, quantize_int8, to_cpu_variant)
 
 CALIB_CACHE = "calibration.npz"
@@ -38,6 +38,7 @@ SENSITIVITY_MD = "int8_sensitivity.md"
 INT8_FILE, INT8_CPU_FILE = "model_int8.onnx", "model_int8_cpu.onnx"
 DEFAULT_TARGET_DROP = 0.5  # mIoU points against the FP32 ONNX on the parity images
 DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stays float
+SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
 
 
 @dataclass
@@ -145,7 +146,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
                calib_desc: dict, ev: EvalSet, method: str = "auto", target_drop: float | None = DEFAULT_TARGET_DROP,
                sensitivity: bool | str = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
                nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999, threads: int | None = None,
-               cpu_variant: bool = True, range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None,
+               cpu_variant: bool = True, scheme: str = "auto",
+               range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None,
                log: Callable[[str], None] = lambda s: None) -> dict:
     """Write ``model_int8.onnx`` (+ ``model_int8_cpu.onnx``) into ``out_dir``; returns the manifest section.
 
@@ -157,6 +159,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
     frozen activation ranges) whatever the method. ``sensitivity="auto"`` ranks the groups only when plain
     INT8 misses the target (mixed precision needs the ranking).
     """
+    if scheme != "auto" and scheme not in SCHEMES:
+        raise ApdError(f"unknown quantization scheme {scheme!r}; choose auto, {', '.join(SCHEMES)}")
     if method != "auto" and method not in CALIB_METHODS:
         raise ApdError(f"unknown calibration method {method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
     if not 0.0 <= max_float <= 1.0:
@@ -203,34 +207,41 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         k = min(sensitivity_images, n_ev)
         sens_idx = sorted({int(round(v)) for v in np.linspace(0, n_ev - 1, k)}) if k else []
 
-        def make(ranges: dict, excl: Sequence[str], path: Path) -> Path:
-            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), check=False)
+        def make(ranges: dict, excl: Sequence[str], path: Path, ops: Sequence[str] = OP_TYPES_TO_QUANTIZE) -> Path:
+            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), op_types=ops, check=False)
             return path
 
         def variant(floated: Sequence[str], path: Path) -> Path:
             onnx.save(float_groups(full_model, pre, floated), str(path))
             return path
 
-        # 2. calibration method by measured error
+        # 2. calibration method and quantization scheme by measured error. "all" also quantizes the
+        # activations between layers (Add, Concat, pools, Relu: fewer float ops on TensorRT); "weighted"
+        # quantizes only the inputs of weighted layers (Conv, ConvTranspose, Gemm, MatMul), what NVIDIA's
+        # Q/DQ guidance starts from. Networks with many concatenations (ESPNet) lose much less with it.
         methods = list(CALIB_METHODS) if method == "auto" else [method]
+        schemes = list(SCHEMES) if scheme == "auto" else [scheme]
         method_scores = {}
-        for m in methods:
-            p = make(ranges_for(m), base_excl, tmp / f"q_{m}.onnx")
-            method_scores[m] = scorer.score(p, sens_idx)
-            log(f"  {m:<10} disagreement {method_scores[m]['disagreement']:.3f}% "
-                f"rel. logit RMSE {method_scores[m]['rel_rmse']:.4f}")
-        chosen = min(methods, key=lambda m: _error(method_scores[m]))
+        for sc in schemes:
+            for m in methods:
+                key = m if len(schemes) == 1 else f"{sc}/{m}"
+                p = make(ranges_for(m), base_excl, tmp / f"q_{sc}_{m}.onnx", SCHEMES[sc])
+                method_scores[key] = {"scheme": sc, "method": m, **scorer.score(p, sens_idx)}
+                log(f"  {key:<18} disagreement {method_scores[key]['disagreement']:.3f}% "
+                    f"rel. logit RMSE {method_scores[key]['rel_rmse']:.4f}")
+        best = min(method_scores, key=lambda k: _error(method_scores[k]))
+        chosen, chosen_scheme = method_scores[best]["method"], method_scores[best]["scheme"]
         ranges = ranges_for(chosen)
-        full_path = tmp / f"q_{chosen}.onnx"
+        full_path = tmp / f"q_{chosen_scheme}_{chosen}.onnx"
         full_model = onnx.load(str(full_path))
         full = scorer.score(full_path)
-        base_sens = method_scores[chosen]
-        log(f"INT8 ({chosen} calibration): " + _describe(full))
+        base_sens = method_scores[best]
+        log(f"INT8 ({chosen} calibration, {chosen_scheme} scheme): " + _describe(full))
 
         # 3. sensitivity: leave one group in float at a time
         dq_out = {o for n in full_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         quantized = {n.name for n in full_model.graph.node if any(i in dq_out for i in n.input)}
-        groups = [g for g in quantizable_nodes(pre, exclude=base_excl) if g in quantized]
+        groups = [g for g in quantizable_nodes(pre, SCHEMES[chosen_scheme], exclude=base_excl) if g in quantized]
         op_of = {n.name: n.op_type for n in pre.graph.node}
         ranking: list[dict] = []
         t0 = time.perf_counter()
@@ -307,6 +318,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         _write_sensitivity(out_dir, ranking, chosen, sens_idx, base_sens)
     section = {
         "method": chosen, "method_choice": "auto" if method == "auto" else "fixed",
+        "scheme": chosen_scheme, "scheme_op_types": list(SCHEMES[chosen_scheme]),
         "method_scores": method_scores, "percentile": percentile if chosen == "percentile" else None,
         "calib_images": coll.images, "calibration_cache": CALIB_CACHE, "calibration_cache_hit": cache_hit,
         "calibration_seconds": round(calib_s, 2), "calibrated_tensors": len(names),
