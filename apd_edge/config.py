@@ -124,7 +124,7 @@ class TrainConfig:
 
 @dataclass
 class APDConfig:
-    """Adaptive Perspective Distillation; defaults are the released configuration (apd-method.md)."""
+    """Adaptive Perspective Distillation; defaults are the released configuration (docs/apd-method.md)."""
 
     pk_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # adaptive-perspective KL
     pa_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # prototype alignment
