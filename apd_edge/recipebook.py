@@ -41,6 +41,8 @@ def packaged_recipe(name: str) -> Path:
 def resolve_recipe(arg: str | Path) -> Path:
     """A recipe argument as a file. An existing file wins (``recipes/bisenet_cityscapes.yaml`` from a clone);
     otherwise a bare name (``bisenet_cityscapes``, with or without ``.yaml``) is a packaged recipe."""
+    from .config import RecipeError  # lazy: config calls this module
+
     path = Path(arg)
     if path.is_file():
         return path
@@ -49,14 +51,14 @@ def resolve_recipe(arg: str | Path) -> Path:
     if len(path.parts) > 1:  # a path with a folder part is always a file argument
         known = packaged_recipes()
         hint = f"; to use the packaged recipe of that name, pass `{name}`" if name in known else ""
-        raise ApdError(f"recipe file not found: {arg}{hint}")
+        raise RecipeError(f"recipe file not found: {arg}{hint}")
     known = packaged_recipes()
     if name in known:
         return known[name]
     if has_suffix:
-        raise ApdError(f"recipe file not found: {arg}, and no packaged recipe is named '{name}'"
+        raise RecipeError(f"recipe file not found: {arg}, and no packaged recipe is named '{name}'"
                        f"{suggest(name, known)} (`apd-edge recipes` lists them)")
-    raise unknown_name("recipe", name, known)
+    raise RecipeError(str(unknown_name("recipe", name, known)))
 
 
 def describe(path: Path) -> str:

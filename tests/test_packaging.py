@@ -149,4 +149,12 @@ def test_wheel_ships_the_recipes(tmp_path: Path) -> None:
     assert "bisenetv2" in res.stdout and "# bisenet_cityscapes: valid" in res.stderr
     res = apd("recipe", "check", "bisenet_cityscape")
     assert res.returncode == 2 and "did you mean 'bisenet_cityscapes'" in res.stderr
+    # the quick start takes its two recipes from the install, whatever the working folder holds
+    res = subprocess.run([sys.executable, "-c", "from apd_edge.engine.quickstart import _recipe\n"
+                          "for n in ('quickstart_teacher', 'quickstart'): print(_recipe(n, []).name)\n"
+                          "from apd_edge.recipebook import packaged_recipe; print(packaged_recipe('quickstart'))"],
+                         env=env, cwd=empty, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["quickstart_teacher", "quickstart",
+                                  str(site / "apd_edge" / "recipes" / "quickstart.yaml")]
     assert list(empty.iterdir()) == []
