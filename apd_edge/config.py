@@ -124,7 +124,7 @@ class TrainConfig:
 
 @dataclass
 class APDConfig:
-    """Adaptive Perspective Distillation; defaults are the released configuration (apd-method.md)."""
+    """Adaptive Perspective Distillation; defaults are the released configuration (docs/apd-method.md)."""
 
     pk_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # adaptive-perspective KL
     pa_weight: float = field(default=10.0, metadata=_rng(0.0, None))  # prototype alignment
@@ -491,10 +491,10 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load a YAML recipe, apply overrides and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    """Load a YAML recipe (a file, or the name of a packaged recipe), apply overrides and validate it."""
+    from .recipebook import resolve_recipe
+
+    path = resolve_recipe(path)
     try:
         data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

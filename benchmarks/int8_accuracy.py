@@ -190,11 +190,11 @@ def random_student(name: str, work: Path, data_root: str) -> Path:
 
 
 def _md(doc: dict) -> str:
-    L = [f"# INT8 accuracy, calibration memory and CPU speed\n",
+    L = ["# INT8 accuracy, calibration memory and CPU speed\n",
          f"Command: `{doc['command']}`  ", f"Date: {doc['date']}  ",
          f"Machine: {doc['machine']['model']}, {doc['machine']['cores']} cores; flags: "
          + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in doc["machine"].items() if k not in ("model", "cores"))
-         + f"  ", f"Settings: {json.dumps(doc['settings'])}\n",
+         + "  ", f"Settings: {json.dumps(doc['settings'])}\n",
          "## Accuracy (mIoU %, all CamVid val images, ONNX Runtime CPU)\n",
          "| model | variant | calibration | float layers / groups | FP32 | INT8 | drop | target met | export s |",
          "|---|---|---|---|---:|---:|---:|---|---:|"]

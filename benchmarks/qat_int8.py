@@ -117,7 +117,6 @@ def main() -> None:
     prev = json.loads(res_path.read_text()) if res_path.is_file() and args.stage != "all" else {}
     commands = dict(prev.get("commands") or {})
     commands[args.stage] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    t0 = time.perf_counter()
     qat_run, qat_summary = None, {}
     if args.stage == "source":
         pass

@@ -1,4 +1,4 @@
-"""APD unit tests on small hand-built cases (apd-method.md is the specification)."""
+"""APD unit tests on small hand-built cases (docs/apd-method.md is the specification)."""
 
 from __future__ import annotations
 

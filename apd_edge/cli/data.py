@@ -32,7 +32,7 @@ def list_cmd() -> None:
               help="List at most this many bad files (all are counted).")
 def check(spec: str, splits: tuple[str, ...], no_progress: bool, strict: bool, overrides: tuple[str, ...],
           max_errors: int) -> None:
-    """Read and validate every file of SPEC: a recipe file or DATASET:ROOT (e.g. camvid:data/camvid).
+    """Read and validate every file of SPEC: a recipe (file or packaged name) or DATASET:ROOT (e.g. camvid:data/camvid).
 
     Prints one class-pixel table per split and warns about splits that are mostly void (> 50 %),
     entirely void images and classes without pixels; lists every bad file (up to --max-errors).

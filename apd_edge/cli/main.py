@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "export": "apd_edge.cli.export:export",
     "models": "apd_edge.cli.models:models",
     "recipe": "apd_edge.cli.recipe:recipe",
+    "recipes": "apd_edge.cli.recipe:recipes",
     "bench": "apd_edge.cli.bench:bench",
     "demo": "apd_edge.cli.demo:demo",
     "train": "apd_edge.cli.train:train",

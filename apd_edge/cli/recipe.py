@@ -1,4 +1,4 @@
-"""``apd-edge recipe check``: validate a recipe and print it resolved."""
+"""``apd-edge recipe check``: validate a recipe and print it resolved; ``apd-edge recipes``: list the packaged ones."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ def recipe() -> None:
 
 
 @recipe.command("check")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", metavar="RECIPE", type=click.Path(dir_okay=False))
 @set_option
 def check(file: str, overrides: tuple[str, ...]) -> None:
-    """Validate FILE (with overrides), including model and dataset names, and print the resolved recipe."""
+    """Validate RECIPE (a YAML file or a packaged recipe's name) with overrides, including model and dataset
+    names, and print the resolved recipe."""
     r = load_recipe(file, overrides)
     validate_names(r)
     from ..data.check import describe_splits
@@ -29,3 +30,16 @@ def check(file: str, overrides: tuple[str, ...]) -> None:
     for line in lines:
         click.echo(f"# {line}", err=True)
     click.echo(f"# {file}: valid", err=True)
+
+
+@click.command("recipes")
+def recipes() -> None:
+    """List the packaged recipes, one line each; pass a name wherever a recipe file goes."""
+    from ..recipebook import list_recipes, recipes_dir
+
+    items = list_recipes()
+    width = max(len(name) for name, _ in items)
+    for name, text in items:
+        click.echo(f"{name.ljust(width)}  {text}")
+    click.echo(f"# {len(items)} recipes in {recipes_dir()}; copy one to edit it, or override values with --set",
+               err=True)

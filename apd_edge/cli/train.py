@@ -58,7 +58,9 @@ def _run(file: str, overrides: tuple[str, ...], resume: bool, distill: bool, qui
 @rerun_options
 def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None,
           **rerun) -> None:
-    """Train a model alone (a teacher, or a student baseline): distill.method is forced to none."""
+    """Train a model alone (a teacher, or a student baseline): distill.method is forced to none.
+
+    RECIPE is a YAML file or the name of a packaged recipe (`apd-edge recipes` lists them)."""
     _run(recipe_file, overrides, resume, distill=False, quiet=quiet, threads=threads, **rerun)
 
 
@@ -71,7 +73,9 @@ def train(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: boo
 @rerun_options
 def distill(recipe_file: str, overrides: tuple[str, ...], resume: bool, quiet: bool, threads: int | None,
             **rerun) -> None:
-    """Distill the recipe's frozen teacher into its student (distill.method: apd, kd, cwd or none)."""
+    """Distill the recipe's frozen teacher into its student (distill.method: apd, kd, cwd or none).
+
+    RECIPE is a YAML file or the name of a packaged recipe (`apd-edge recipes` lists them)."""
     _run(recipe_file, overrides, resume, distill=True, quiet=quiet, threads=threads, **rerun)
 
 

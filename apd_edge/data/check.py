@@ -105,6 +105,11 @@ def parse_spec(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> DataCo
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
         return load_recipe(path, overrides).data
     name, _, root = spec.partition(":")
+    if not root and name not in list_datasets():
+        from ..recipebook import packaged_recipes
+
+        if name in packaged_recipes():  # a packaged recipe's name, e.g. bisenet_camvid
+            return load_recipe(name, overrides).data
     if name not in list_datasets():
         from ..errors import unknown_name
 

@@ -31,8 +31,7 @@ import numpy as np
 from ..config import IGNORE_INDEX
 from ..errors import ApdError
 from .base import IMAGE_EXTS, SegDataset
-from .layout import (CLASS_FILES, check_subdir, check_suffix, find_classes_file, image_files, load_class_spec,
-                     mask_for)
+from .layout import check_subdir, check_suffix, find_classes_file, image_files, load_class_spec, mask_for
 from .registry import register
 
 LAYOUT = ("ROOT/classes.yaml + ROOT/images/<split>/ and ROOT/masks/<split>/, or ROOT/<split>.txt lists, "

@@ -1,7 +1,7 @@
 """The quick start: train a tiny teacher on synthetic data, distill a student with APD, evaluate both.
 
-Uses ``recipes/quickstart_teacher.yaml`` and ``recipes/quickstart.yaml``; each run gets a fresh folder
-(``name``, ``name-2``, ...) under ``out`` so the command can be repeated.
+Uses the packaged recipes ``quickstart_teacher`` and ``quickstart`` (``recipes/`` in the source tree); each run
+gets a fresh folder (``name``, ``name-2``, ...) under ``out`` so the command can be repeated.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Recipe, load_recipe
-from ..errors import ApdError
-
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+from ..recipebook import packaged_recipe
 
 
-def _recipe(file: str, overrides: list[str]) -> Recipe:
-    path = RECIPES / file
-    if not path.is_file():
-        raise ApdError(f"quickstart recipe not found: {path} (run from a source checkout of apd-edge)")
-    return load_recipe(path, overrides)
+def _recipe(name: str, overrides: list[str]) -> Recipe:
+    # the packaged copy, whatever the working folder holds: a wheel install runs the quick start anywhere
+    return load_recipe(packaged_recipe(name), overrides)
 
 
 def _free_name(out: Path, name: str) -> str:
@@ -45,16 +41,16 @@ def run_quickstart(out: str | Path = "runs", fast: bool = False, progress: bool 
     out = Path(out)
     t0 = time.perf_counter()
     base = [f"output_dir={out}"]
-    t_rec = _recipe("quickstart_teacher.yaml", base)
+    t_rec = _recipe("quickstart_teacher", base)
     extra = _fast_overrides(t_rec) if fast else []
-    t_rec = _recipe("quickstart_teacher.yaml", base + extra + [f"name={_free_name(out, t_rec.name)}"])
+    t_rec = _recipe("quickstart_teacher", base + extra + [f"name={_free_name(out, t_rec.name)}"])
     t_dir = train(t_rec, progress=progress)
     t_ckpt = t_dir / "best.pt" if (t_dir / "best.pt").is_file() else t_dir / "last.pt"
     t_time = time.perf_counter() - t0
 
-    s_rec = _recipe("quickstart.yaml", base + [f"teacher.checkpoint={t_ckpt}"])
+    s_rec = _recipe("quickstart", base + [f"teacher.checkpoint={t_ckpt}"])
     extra = _fast_overrides(s_rec) if fast else []
-    s_rec = _recipe("quickstart.yaml", base + extra + [f"teacher.checkpoint={t_ckpt}",
+    s_rec = _recipe("quickstart", base + extra + [f"teacher.checkpoint={t_ckpt}",
                                                        f"name={_free_name(out, s_rec.name)}"])
     s_dir = train(s_rec, distill=True, progress=progress)
     s_time = time.perf_counter() - t0 - t_time

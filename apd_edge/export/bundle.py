@@ -1,6 +1,6 @@
 """``export_bundle``: checkpoint -> self-describing bundle folder (ONNX FP32/FP16/INT8, engines, manifest).
 
-Format: see ``export/README.md``. Calibration and parity use real images of the checkpoint's recipe
+Format: see ``docs/bundle-format.md``. Calibration and parity use real images of the checkpoint's recipe
 dataset, preprocessed exactly as the runtime does (``manifest["preprocess"]``).
 """
 

@@ -1,6 +1,6 @@
 """Bundle manifest (``manifest.json``): build-time writer, load-time validation, file hashes.
 
-Torch-free. The format is specified in ``export/README.md``.
+Torch-free. The format is specified in ``docs/bundle-format.md``.
 """
 
 from __future__ import annotations
