@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..config import RecipeError, Recipe, _build, apply_overrides, load_recipe, recipe_to_dict, yaml_load
+from ..config import RecipeError, Recipe, _build, load_recipe, recipe_to_dict, yaml_load
 from ..errors import ApdError
 
 # ------------------------------------------------------------------------------------------------
