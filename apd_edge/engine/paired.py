@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .report import read_metrics
+
 # ------------------------------------------------------------------------------------------------
 # Student t
 # ------------------------------------------------------------------------------------------------
@@ -102,18 +104,6 @@ def verdict_of(stats: dict[str, Any], ref: str, other: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def collect(plan) -> dict[str, Any]:
     """Final mIoU (x100; None while unfinished) and eval curves of every run of the plan."""
     from .study import plan_runs
@@ -124,7 +114,7 @@ def collect(plan) -> dict[str, Any]:
         summ = d / "summary.json"
         s = json.loads(summ.read_text()) if summ.is_file() else None
         done = s is not None and int(s.get("steps", 0)) >= r.recipe.train.iterations
-        curve = [(int(e["step"]), 100 * float(e["miou"])) for e in _read_jsonl(d / "metrics.jsonl")
+        curve = [(int(e["step"]), 100 * float(e["miou"])) for e in read_metrics(d)
                  if e.get("type") == "eval"]
         runs[r.name] = {"student": r.student, "method": r.method, "seed": r.seed, "iterations": r.recipe.train.iterations,
                         "final_miou": 100 * s["final_miou"] if done and s.get("final_miou") is not None else None,
@@ -217,7 +207,7 @@ def _teacher(plan) -> dict[str, Any] | None:
     if r is None:
         return None
     d = Path(r.output_dir) / r.name
-    evals = [e for e in _read_jsonl(d / "metrics.jsonl") if e.get("type") == "eval"]
+    evals = [e for e in read_metrics(d) if e.get("type") == "eval"]
     summ = d / "summary.json"
     s = json.loads(summ.read_text()) if summ.is_file() else {}
     final = evals[-1] if evals else None

@@ -155,8 +155,9 @@ def list_runs(output_dir: str | Path = "runs") -> list[dict[str, Any]]:
         if not summary_path.is_file() and not (d / "metrics.jsonl").is_file():
             continue
         row: dict[str, Any] = {"name": d.name, "run_dir": str(d)}
-        evals = [r for r in read_metrics(d) if r.get("type") == "eval"]
-        steps = [r.get("step", 0) for r in read_metrics(d)]
+        records = read_metrics(d)
+        evals = [r for r in records if r.get("type") == "eval"]
+        steps = [r.get("step", 0) for r in records]
         if summary_path.is_file():
             try:
                 s = json.loads(summary_path.read_text())

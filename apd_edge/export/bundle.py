@@ -327,6 +327,9 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
         log("converting to FP16 (FP32 I/O, sensitive ops in FP32)")
         extra["fp16"] = convert_fp16(out / ONNX_FILES["fp32"], out / ONNX_FILES["fp16"])
         files.append(file_entry(out, ONNX_FILES["fp16"], "onnx", "fp16"))
+    extra_classes = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+    scored = (num_classes if val_ds is None
+              else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
     val_items = None
     if val_ds is not None:
         parity_idx = pick_indices(len(val_ds), parity_images)
@@ -340,10 +343,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
             for img, _ in _images(train_ds, idx):
                 yield preprocess_image(img, tuple(size), mean, std, mode, prep["pad_fill"])[0]
 
-        extras = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
-        if val_ds is not None and extras:
-            scored_classes(num_classes, val_ds.num_classes, extras, "the checkpoint")
-        ev = _eval_set(val_items, prep, num_classes, num_classes - len(extras) if extras else None)
+        ev = _eval_set(val_items, prep, num_classes, scored if extra_classes else None)
         overrides = None
         if qat_ranges and ckpt.get("qat"):  # a QAT run: the activation ranges it trained with win
             from .qat import qat_range_overrides
@@ -382,9 +382,6 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
     backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""): OrtBackend(out / f["path"], device="cpu")
                 for f in files if f["format"] == "onnx"}
-    extra_classes = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
-    scored = (num_classes if val_ds is None
-              else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
     parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
     samples = _write_samples(out, val_ds, images, prep, backends["fp32"], parity_src)
