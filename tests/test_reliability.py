@@ -498,3 +498,13 @@ def test_one_line_names_os_errors_and_worker_errors():
                        "apd_edge.errors.ApdError: unreadable image: /d/3.png\n")
     assert one_line(wrapped) == "unreadable image: /d/3.png (in a data loader worker)"
     assert one_line(ApdError("two\nlines")) == "two lines"
+
+
+def test_resume_accepts_export_changes_refuses_training_changes():
+    from apd_edge.engine.recipe_diff import check_resume_recipe
+
+    stored = {"train": {"lr": 0.01}, "export": {"calib_method": "percentile"}}
+    given = {"train": {"lr": 0.01}, "export": {"calib_method": "auto"}}
+    assert check_resume_recipe(stored, given) == [("export.calib_method", "percentile", "auto")]
+    with pytest.raises(ApdError, match="train.lr 0.01 -> 0.02"):
+        check_resume_recipe(stored, {**given, "train": {"lr": 0.02}})

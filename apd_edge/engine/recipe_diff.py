@@ -1,7 +1,8 @@
 """``--resume`` safety: the recipe given now against the one the run's checkpoint was trained with.
 
 A changed value is refused unless the user allows it (``--allow-change train.iterations``; a section
-name such as ``eval`` allows all of its keys), so a resumed run never silently mixes two recipes.
+name such as ``eval`` allows all of its keys), so a resumed run never silently mixes two recipes. The
+``export`` section does not touch training, so its changes (a new default, say) are reported, not refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from ..errors import ApdError
 
 # keys that may differ without consequence: the run folder is found through them, so they already agree
 IGNORED = ("name", "output_dir")
+# sections that never touch the trained weights: a change is accepted (and reported), not refused
+NOT_TRAINING = ("export",)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,7 +51,7 @@ def _short(v: Any) -> str:
 def check_resume_recipe(stored: dict, given: dict, allowed: Sequence[str] = (), where: str = "the run") -> list:
     """Raise ApdError for changes not in ``allowed``; return the allowed changes (key, old, new)."""
     changes = recipe_changes(stored, given)
-    refused = [c for c in changes if not is_allowed(c[0], allowed)]
+    refused = [c for c in changes if not is_allowed(c[0], tuple(allowed) + NOT_TRAINING)]
     if refused:
         shown = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in refused[:6])
         more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
