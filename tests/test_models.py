@@ -101,6 +101,54 @@ def test_teacher_sizes_on_meta() -> None:
     assert psp50.feat_channels == 512 and psp50.backbone.feature_info.channels() == [1024, 2048]
 
 
+# state_dict keys and shapes (num_classes 19), pinned: checkpoints written by earlier versions must keep loading.
+# Recorded before ASPP moved from models/mobilenetv2.py to models/common.py (issue 17); a module move or a
+# renamed attribute changes a fingerprint. (timm's backbone key names are part of it.)
+STATE_DICT_FINGERPRINTS = {
+    "bisenetv2": (359, "0be22a3ff133c172"),
+    "deeplabv3_r101": (688, "10a01baa4828c076"),
+    "deeplabv3_r18": (184, "9d353bc1f1152236"),
+    "deeplabv3_r50": (382, "6b58e8c99b9d9681"),
+    "espnet": (210, "ca156a205a58d410"),
+    "mobilenetv2": (358, "e31a55209f94f93c"),
+    "pspnet_r101": (676, "bf1515c9f56c45b5"),
+    "pspnet_r18": (172, "a4df14b58474ab32"),
+    "pspnet_r50": (370, "0861949e4c106e8a"),
+}
+
+
+def _state_dict_fingerprint(model: nn.Module) -> tuple[int, str]:
+    import hashlib
+
+    sd = model.state_dict()
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sd.items())
+    return len(sd), hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_state_dict_keys_pinned() -> None:
+    assert sorted(STATE_DICT_FINGERPRINTS) == list_models()
+    for name, expected in STATE_DICT_FINGERPRINTS.items():
+        with torch.device("meta"):  # keys and shapes only
+            model = build_model(name, 19)
+        assert _state_dict_fingerprint(model) == expected, name
+
+
+def test_teachers_share_blocks_from_common_not_from_students() -> None:
+    """Teachers and students share blocks through models/common.py; a teacher never imports a student module."""
+    import ast
+    import inspect
+
+    from apd_edge.models import common, mobilenetv2, teachers
+
+    tree = ast.parse(inspect.getsource(teachers))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"bisenetv2", "espnet", "mobilenetv2"}, imported
+    assert teachers.ASPP is common.ASPP and mobilenetv2.ASPP is common.ASPP
+    dl = build_model("deeplabv3_r18", C)
+    assert type(dl.aspp) is common.ASPP
+    assert [b[0].dilation for b in dl.aspp.branches] == [(1, 1), (12, 12), (24, 24), (36, 36)]
+
+
 @pytest.mark.parametrize("name", FAST_TEACHERS)
 def test_teacher_output_stride_16(name: str) -> None:
     """OS16 halves the feature map, keeps full-size logits and the same weights (only dilation changes)."""

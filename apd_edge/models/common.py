@@ -1,8 +1,9 @@
-"""Building blocks shared by the models: conv-BN-act, resizing, and timm backbone creation."""
+"""Building blocks shared by the models (students and teachers): conv-BN-act, resizing, FCN head, ASPP,
+and timm backbone creation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,25 @@ class FCNHead(nn.Sequential):
 
     def __init__(self, cin: int, mid: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__(ConvBNAct(cin, mid, 3), nn.Dropout2d(dropout), nn.Conv2d(mid, num_classes, 1))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: conv1x1, dilated conv3x3 branches, image pooling, projection.
+
+    Image pooling is a global reduce-mean broadcast back with ``expand`` (exports at any input size).
+    """
+
+    def __init__(self, cin: int, ch: int, rates: Sequence[int] = (12, 24, 36), dropout: float = 0.5) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([ConvBNAct(cin, ch, 1)] + [ConvBNAct(cin, ch, 3, dilation=r) for r in rates])
+        self.pool = ConvBNAct(cin, ch, 1)
+        self.project = nn.Sequential(ConvBNAct(ch * (len(rates) + 2), ch, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [b(x) for b in self.branches]
+        g = self.pool(x.mean((2, 3), keepdim=True))
+        outs.append(g.expand(-1, -1, x.shape[2], x.shape[3]))
+        return self.project(torch.cat(outs, 1))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -7,33 +7,14 @@ The backbone is timm's ``mobilenetv2_100`` (final 1280 conv dropped, dilations 2
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import SegModel
-from .common import ConvBNAct, FCNHead, resize, timm_backbone
+from .common import ASPP, ConvBNAct, FCNHead, resize, timm_backbone
 from .registry import register
-
-
-class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: conv1x1, dilated conv3x3 branches, image pooling, projection.
-
-    Image pooling is a global reduce-mean broadcast back with ``expand`` (exports at any input size).
-    """
-
-    def __init__(self, cin: int, ch: int, rates: Sequence[int] = (12, 24, 36), dropout: float = 0.5) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList([ConvBNAct(cin, ch, 1)] + [ConvBNAct(cin, ch, 3, dilation=r) for r in rates])
-        self.pool = ConvBNAct(cin, ch, 1)
-        self.project = nn.Sequential(ConvBNAct(ch * (len(rates) + 2), ch, 1), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [b(x) for b in self.branches]
-        g = self.pool(x.mean((2, 3), keepdim=True))
-        outs.append(g.expand(-1, -1, x.shape[2], x.shape[3]))
-        return self.project(torch.cat(outs, 1))
 
 
 class DeepLabV3MobileNetV2(SegModel):

@@ -18,8 +18,7 @@ from torch import nn
 
 from ..errors import ApdError
 from .base import SegModel
-from .common import ConvBNAct, FCNHead, resize, timm_backbone
-from .mobilenetv2 import ASPP
+from .common import ASPP, ConvBNAct, FCNHead, resize, timm_backbone
 from .registry import register
 
 DEPTHS = {"r18": "resnet18d", "r50": "resnet50d", "r101": "resnet101d"}
