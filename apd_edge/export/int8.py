@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from ..errors import ApdError
+from ..metrics import ConfusionMatrix
 from ..runtime.postprocess import logits_to_labels
 from .calibrate import CALIB_METHODS, HistogramCollector, cache_key, collect_histograms, tensors_to_calibrate
 from .quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, assert_qdq_conformance, classifier_nodes, float_groups,
@@ -70,21 +71,12 @@ def _session(path: str | Path, threads: int | None):
 
 def _miou(labels: Sequence[np.ndarray], masks: Sequence[np.ndarray], num_classes: int,
           scored: int | None) -> float:
-    """mIoU in % over the classes with ground truth; predictions of unscored trailing classes count as errors."""
-    n = max(num_classes, scored or 0)
-    mat = np.zeros((n, n), np.int64)
-    for lab, mask in zip(labels, masks):
-        keep = mask != 255
-        t, p = mask[keep].astype(np.int64), lab[keep].astype(np.int64)
-        mat += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+    """mIoU in % (``metrics.ConfusionMatrix``); predictions of unscored trailing classes count as errors."""
     k = scored or num_classes
-    tp = np.diag(mat)[:k].astype(np.float64)
-    gt = mat.sum(1)[:k]
-    union = gt + mat.sum(0)[:k] - tp
-    present = gt > 0
-    if not present.any():
-        return float("nan")
-    return float(100.0 * (tp[present] / np.maximum(union[present], 1)).mean())
+    cm = ConfusionMatrix(k, extra_classes=num_classes - k)
+    for lab, mask in zip(labels, masks):
+        cm.update(lab, mask)
+    return 100.0 * cm.compute()["miou"]
 
 
 class Scorer:

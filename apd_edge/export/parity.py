@@ -12,41 +12,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..metrics import ConfusionMatrix
 from ..runtime.postprocess import logits_to_labels
 from ..runtime.preprocess import preprocess_image
 
 FP32_MIN_AGREEMENT = 99.9  # % of pixels; below this the export fails
 
 
-class _Confusion:
-    """Minimal numpy confusion matrix, used only if ``apd_edge.metrics`` is unavailable."""
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, extra_classes: int = 0):
-        self.n, self.ignore, self.np = num_classes, ignore_index, num_classes + extra_classes
-        self.mat = np.zeros((num_classes, self.np), np.int64)
-
-    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
-        keep = target != self.ignore
-        idx = target[keep].astype(np.int64) * self.np + pred[keep].astype(np.int64)
-        self.mat += np.bincount(idx, minlength=self.n * self.np).reshape(self.n, self.np)
-
-    def compute(self) -> dict:
-        tp = np.diag(self.mat[:, : self.n]).astype(np.float64)
-        union = self.mat[:, : self.n].sum(0) + self.mat.sum(1) - tp
-        present = self.mat.sum(1) > 0
-        iou = np.where(union > 0, tp / np.maximum(union, 1), 0.0)
-        return {"iou": iou.tolist(), "miou": float(iou[present].mean()) if present.any() else 0.0}
-
-
-def _confusion(num_classes: int, extra_classes: int = 0):
-    try:
-        from ..metrics import ConfusionMatrix
-    except ImportError:
-        return _Confusion(num_classes, extra_classes=extra_classes)
-    return ConfusionMatrix(num_classes, ignore_index=255, extra_classes=extra_classes)
-
-
-def _miou(cm) -> float | None:
+def _miou(cm: ConfusionMatrix) -> float | None:
     v = float(cm.compute()["miou"])
     return None if v != v else v  # NaN (nothing labelled) -> None, so the manifest stays valid JSON
 
@@ -67,8 +40,8 @@ def run_parity(model: torch.nn.Module, backends: dict[str, object], images: Sequ
     ``num_classes``: the scored (labelled) classes; ``extra_classes``: trailing outputs scored as errors.
     """
     model = model.eval()
-    cm_torch = _confusion(num_classes, extra_classes)
-    cms = {p: _confusion(num_classes, extra_classes) for p in backends}
+    cm_torch = ConfusionMatrix(num_classes, extra_classes=extra_classes)
+    cms = {p: ConfusionMatrix(num_classes, extra_classes=extra_classes) for p in backends}
     stats = {p: {"max_abs_diff": 0.0, "sum_abs_diff": 0.0, "n_values": 0, "agree": 0, "pixels": 0} for p in backends}
     have_masks = True
     n = 0
