@@ -13,7 +13,8 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -244,90 +245,34 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     (argmax agreement with PyTorch) is under 99.9 %. A QAT checkpoint's activation ranges replace the
     calibrated ones of the conv inputs it quantized (``qat_ranges``).
     """
-    from ..config import recipe_from_dict
-    from ..engine.checkpoint import model_from_checkpoint
-    from .fp16 import convert_fp16
-    from .onnx import export_onnx
-    from .calibrate import CALIB_METHODS
-    from .int8 import build_int8
-
     log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
-    precisions = list(dict.fromkeys(precisions))
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ApdError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
-    if "fp32" not in precisions:
-        precisions.insert(0, "fp32")  # every other precision derives from the FP32 graph
-    if calib_method != "auto" and calib_method not in CALIB_METHODS:
-        raise ApdError(f"unknown calibration method {calib_method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
-    if int8_target is not None and not (math.isfinite(int8_target) and int8_target >= 0):
-        raise ApdError(f"int8 target must be a finite mIoU drop >= 0, got {int8_target}")
-    if calib_images < 1:
-        raise ApdError(f"calib_images must be >= 1, got {calib_images}")
-    if preprocess not in (None, "pad", "resize"):
-        raise ApdError(f"unknown preprocess mode {preprocess!r} (pad or resize)")
+    precisions = _check_options(precisions, calib_method, int8_target, calib_images, preprocess)
     if trt:
         from ..runtime.backends.trt_check import preflight
 
         preflight()  # TensorRT, cuda-python, driver, device: fail now, with the fix, not after minutes of work
 
-    ckpt_path = resolve_checkpoint(source)
-    log(f"loading {ckpt_path}")
-    model, ckpt = model_from_checkpoint(ckpt_path)
-    model.eval()
-    raw_recipe = dict(ckpt.get("recipe") or {})
-    recipe = recipe_from_dict(raw_recipe)
-    if data_root is not None:
-        recipe.data.root = str(data_root)
+    src = _load_source(source, data_root, log)
+    recipe = src.recipe
     opset = int(opset or recipe.export.opset)
     workspace_gb = float(workspace_gb or recipe.export.workspace_gb)
-    name = name or recipe.name or ckpt_path.parent.name
+    name = name or recipe.name or src.path.parent.name
     out = Path(out_dir) if out_dir is not None else Path("export") / name
     final = out
     if _stage is not None:
         out = _stage.begin(out)  # everything below writes into the staging folder
 
-    if "data" in raw_recipe:
-        val_ds = _open_dataset(recipe, recipe.data.val_split, "parity", required=False)
-        train_ds = _open_dataset(recipe, recipe.data.train_split, "INT8 calibration", required="int8" in precisions)
-    elif "int8" in precisions:  # a recipe-less checkpoint: its dataset is unknown, never guess one
-        raise ApdError(f"INT8 calibration needs real images but {ckpt_path} records no recipe data section "
-                       "(data.root unknown); export without --int8 or use a checkpoint from `apd-edge train`")
-    else:
-        val_ds = train_ds = None
+    val_ds, train_ds = _open_datasets(src, "int8" in precisions)
     probe_ds = val_ds if val_ds is not None else train_ds
-    image_hw = tuple(probe_ds[0][0].shape[:2]) if probe_ds is not None else None
-    size, mode = choose_input(image_hw, input_size, recipe.export.input_size, recipe.train.crop)
-    mode = preprocess or mode
-    num_classes = int(ckpt["num_classes"])
-    classes = list(ckpt.get("classes") or (probe_ds.class_names if probe_ds else [f"class_{i}" for i in range(num_classes)]))
-    palette = ckpt.get("palette") or (probe_ds.palette if probe_ds else None)
-    if palette is None:
-        rng = np.random.default_rng(0)
-        palette = rng.integers(0, 256, (num_classes, 3)).tolist()
-    palette = [[int(c) for c in rgb] for rgb in palette]
-    mean = [float(v) for v in (ckpt.get("mean") or recipe.data.mean)]
-    std = [float(v) for v in (ckpt.get("std") or recipe.data.std)]
-    prep = {"mode": mode, "size": size, "pad_fill": "reflect", "mean": mean, "std": std, "color": "RGB",
-            "scale": 1 / 255, "layout": "NCHW"}
+    prep = _preprocessing(probe_ds, input_size, preprocess, src)
+    num_classes = int(src.ckpt["num_classes"])
+    classes, palette = _class_names_and_palette(src.ckpt, probe_ds, num_classes)
+    _clear_stale(out)
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("model*.onnx")) + list(out.glob("model_*.engine")) + [out / SENSITIVITY_JSON,
-                                                                                       out / SENSITIVITY_MD]:
-        if stale.is_file():  # ours, from an older export (calibration.npz stays: it is a keyed cache)
-            stale.unlink()
-
-    log(f"exporting {ckpt.get('model_name')} at {size[0]}x{size[1]} ({mode}) opset {opset} -> {out}")
-    io = export_onnx(model, out / ONNX_FILES["fp32"], tuple(size), opset=opset, dynamic=dynamic, argmax=argmax)
-    if io["num_classes"] != num_classes:
-        raise ApdError(f"model outputs {io['num_classes']} classes, checkpoint says {num_classes}")
-    files = [file_entry(out, ONNX_FILES["fp32"], "onnx", "fp32")]
-    extra: dict = {}
-    if "fp16" in precisions:
-        log("converting to FP16 (FP32 I/O, sensitive ops in FP32)")
-        extra["fp16"] = convert_fp16(out / ONNX_FILES["fp32"], out / ONNX_FILES["fp16"])
-        files.append(file_entry(out, ONNX_FILES["fp16"], "onnx", "fp16"))
-    extra_classes = list(ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
+    log(f"exporting {src.ckpt.get('model_name')} at {prep['size'][0]}x{prep['size'][1]} ({prep['mode']}) "
+        f"opset {opset} -> {out}")
+    io, files, extra = _export_onnx(src, out, prep, num_classes, precisions, opset, dynamic, argmax, log)
+    extra_classes = list(src.ckpt.get("extra_classes") or [])  # trailing outputs the dataset does not label (void)
     scored = (num_classes if val_ds is None
               else scored_classes(num_classes, val_ds.num_classes, extra_classes, "the checkpoint"))
     val_items = None
@@ -336,74 +281,23 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
         if "int8" in precisions or len(parity_idx) <= 16:  # INT8 scores the same images as parity: load once
             val_items = list(_images(val_ds, parity_idx))
     if "int8" in precisions:
-        idx = pick_indices(len(train_ds), calib_images)
-        log(f"INT8 calibration on {len(idx)} '{recipe.data.train_split}' images, method {calib_method}")
+        extra["int8"] = _int8_step(src, out, files, train_ds, val_items, prep, num_classes,
+                                   scored if extra_classes else None, calib_images=calib_images,
+                                   calib_method=calib_method, int8_target=int8_target,
+                                   int8_sensitivity=int8_sensitivity, sensitivity_images=sensitivity_images,
+                                   int8_max_float=int8_max_float, nodes_to_exclude=nodes_to_exclude,
+                                   threads=threads, qat_ranges=qat_ranges, int8_scheme=int8_scheme, log=log)
 
-        def calib_inputs() -> Iterator[np.ndarray]:
-            for img, _ in _images(train_ds, idx):
-                yield preprocess_image(img, tuple(size), mean, std, mode, prep["pad_fill"])[0]
-
-        ev = _eval_set(val_items, prep, num_classes, scored if extra_classes else None)
-        overrides = None
-        if qat_ranges and ckpt.get("qat"):  # a QAT run: the activation ranges it trained with win
-            from .qat import qat_range_overrides
-
-            overrides = qat_range_overrides(ckpt["qat"])
-            log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
-        desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
-                "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
-        extra["int8"] = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
-                                   method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
-                                   sensitivity_images=sensitivity_images, max_float=int8_max_float,
-                                   nodes_to_exclude=nodes_to_exclude or (), threads=threads,
-                                   range_overrides=overrides, scheme=int8_scheme, log=log)
-        del ev
-        gate = extra["int8"]["target"]
-        if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity
-            print(f"warning: INT8 misses its target: mIoU drop {gate['drop']:.2f} > {gate['max_drop']} points vs FP32 "
-                  f"with {extra['int8']['float_layers']} layer(s) in float; written anyway and marked in the manifest",
-                  file=sys.stderr, flush=True)
-        files.append(file_entry(out, ONNX_FILES["int8"], "onnx", "int8"))
-        if extra["int8"].get("cpu_variant"):
-            files.append(file_entry(out, extra["int8"]["cpu_variant"]["file"], "onnx", "int8", variant="cpu"))
-        for aux in (CALIB_CACHE, SENSITIVITY_JSON, SENSITIVITY_MD):
-            if (out / aux).is_file():
-                files.append(file_entry(out, aux, "data", "int8"))
-
-    # parity on real val images (or, without a dataset, a fixed pseudo-random image: max diff and agreement only)
-    if val_ds is not None:
-        images = val_items if val_items is not None else _images(val_ds, parity_idx)
-        parity_src = describe_selection(recipe.data.dataset, recipe.data.val_split, len(parity_idx), len(val_ds),
-                                        parity_images)
-    else:
-        rng = np.random.default_rng(0)
-        images = [(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8), None)]
-        parity_src = "no dataset reachable: one fixed random image (no mIoU)"
+    images, parity_src = _parity_images(recipe, val_ds, val_items, parity_images, prep)
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
     backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""): OrtBackend(out / f["path"], device="cpu")
                 for f in files if f["format"] == "onnx"}
-    parity = run_parity(model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
+    parity = run_parity(src.model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
     samples = _write_samples(out, val_ds, images, prep, backends["fp32"], parity_src)
 
-    manifest = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
-        "model": {"name": ckpt.get("model_name"), "kwargs": ckpt.get("model_kwargs", {}), "step": ckpt.get("step"),
-                  "best_miou": ckpt.get("best_miou")},
-        "num_classes": num_classes, "classes": classes, "palette": palette, "mean": mean, "std": std,
-        "extra_classes": extra_classes,
-        "input": io["input"], "outputs": io["outputs"], "preprocess": prep,
-        "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
-        "files": files,
-        "source": {"checkpoint": str(ckpt_path), "sha256": sha256_file(ckpt_path),
-                   "dataset": recipe.data.dataset, "data_root": recipe.data.root,
-                   # options select the data itself (synthetic size and count, folder formats): bench needs them
-                   "data_options": dict(recipe.data.options), "val_split": recipe.data.val_split},
-        "versions": _versions(opset), "opset": opset,
-        "parity": {"source": parity_src, "fp32_min_agreement": FP32_MIN_AGREEMENT, "results": parity},
-        "fp16": extra.get("fp16"), "quantization": extra.get("int8"),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    manifest = _manifest(src, name, num_classes, classes, palette, extra_classes, io, prep, argmax, dynamic, files,
+                         opset, parity_src, parity, extra)
     manifest["samples"] = samples
     save_manifest(manifest, out)
     agree = parity["fp32"]["agreement"]
@@ -419,3 +313,199 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
         build_bundle(out, precisions, workspace_gb=workspace_gb, log=log)
     log(f"bundle written: {final}")
     return out
+
+
+def _check_options(precisions: Sequence[str], calib_method: str, int8_target: float | None, calib_images: int,
+                   preprocess: str | None) -> list[str]:
+    """Refuse bad options before any work; returns the precisions, deduplicated, FP32 first if it was missing."""
+    from .calibrate import CALIB_METHODS
+
+    precisions = list(dict.fromkeys(precisions))
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ApdError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    if "fp32" not in precisions:
+        precisions.insert(0, "fp32")  # every other precision derives from the FP32 graph
+    if calib_method != "auto" and calib_method not in CALIB_METHODS:
+        raise ApdError(f"unknown calibration method {calib_method!r}; choose auto or one of {', '.join(CALIB_METHODS)}")
+    if int8_target is not None and not (math.isfinite(int8_target) and int8_target >= 0):
+        raise ApdError(f"int8 target must be a finite mIoU drop >= 0, got {int8_target}")
+    if calib_images < 1:
+        raise ApdError(f"calib_images must be >= 1, got {calib_images}")
+    if preprocess not in (None, "pad", "resize"):
+        raise ApdError(f"unknown preprocess mode {preprocess!r} (pad or resize)")
+    return precisions
+
+
+@dataclass
+class _Source:
+    """The checkpoint being exported: its path, the model (eval mode), the raw checkpoint and its recipe."""
+
+    path: Path
+    model: Any
+    ckpt: dict
+    raw_recipe: dict
+    recipe: Any
+
+
+def _load_source(source: str | Path | None, data_root: str | Path | None, log: Callable[[str], None]) -> _Source:
+    from ..config import recipe_from_dict
+    from ..engine.checkpoint import model_from_checkpoint
+
+    ckpt_path = resolve_checkpoint(source)
+    log(f"loading {ckpt_path}")
+    model, ckpt = model_from_checkpoint(ckpt_path)
+    model.eval()
+    raw_recipe = dict(ckpt.get("recipe") or {})
+    recipe = recipe_from_dict(raw_recipe)
+    if data_root is not None:
+        recipe.data.root = str(data_root)
+    return _Source(ckpt_path, model, ckpt, raw_recipe, recipe)
+
+
+def _open_datasets(src: _Source, int8: bool):
+    """(val, train) datasets of the checkpoint's recipe; None where unreachable (train is required for INT8)."""
+    recipe = src.recipe
+    if "data" in src.raw_recipe:
+        val_ds = _open_dataset(recipe, recipe.data.val_split, "parity", required=False)
+        train_ds = _open_dataset(recipe, recipe.data.train_split, "INT8 calibration", required=int8)
+    elif int8:  # a recipe-less checkpoint: its dataset is unknown, never guess one
+        raise ApdError(f"INT8 calibration needs real images but {src.path} records no recipe data section "
+                       "(data.root unknown); export without --int8 or use a checkpoint from `apd-edge train`")
+    else:
+        val_ds = train_ds = None
+    return val_ds, train_ds
+
+
+def _preprocessing(probe_ds, input_size: Sequence[int] | None, preprocess: str | None, src: _Source) -> dict:
+    """The bundle's preprocessing (``manifest["preprocess"]``): input size, pad or resize, normalisation."""
+    recipe, ckpt = src.recipe, src.ckpt
+    image_hw = tuple(probe_ds[0][0].shape[:2]) if probe_ds is not None else None
+    size, mode = choose_input(image_hw, input_size, recipe.export.input_size, recipe.train.crop)
+    mode = preprocess or mode
+    mean = [float(v) for v in (ckpt.get("mean") or recipe.data.mean)]
+    std = [float(v) for v in (ckpt.get("std") or recipe.data.std)]
+    return {"mode": mode, "size": size, "pad_fill": "reflect", "mean": mean, "std": std, "color": "RGB",
+            "scale": 1 / 255, "layout": "NCHW"}
+
+
+def _class_names_and_palette(ckpt: dict, probe_ds, num_classes: int) -> tuple[list, list[list[int]]]:
+    classes = list(ckpt.get("classes") or (probe_ds.class_names if probe_ds else [f"class_{i}" for i in range(num_classes)]))
+    palette = ckpt.get("palette") or (probe_ds.palette if probe_ds else None)
+    if palette is None:
+        rng = np.random.default_rng(0)
+        palette = rng.integers(0, 256, (num_classes, 3)).tolist()
+    return classes, [[int(c) for c in rgb] for rgb in palette]
+
+
+def _clear_stale(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob("model*.onnx")) + list(out.glob("model_*.engine")) + [out / SENSITIVITY_JSON,
+                                                                                       out / SENSITIVITY_MD]:
+        if stale.is_file():  # ours, from an older export (calibration.npz stays: it is a keyed cache)
+            stale.unlink()
+
+
+def _export_onnx(src: _Source, out: Path, prep: dict, num_classes: int, precisions: Sequence[str], opset: int,
+                 dynamic: bool, argmax: bool, log: Callable[[str], None]) -> tuple[dict, list[dict], dict]:
+    """The FP32 ONNX (and the FP16 copy when asked); returns (export_onnx's I/O, file entries, summaries)."""
+    from .fp16 import convert_fp16
+    from .onnx import export_onnx
+
+    io = export_onnx(src.model, out / ONNX_FILES["fp32"], tuple(prep["size"]), opset=opset, dynamic=dynamic,
+                     argmax=argmax)
+    if io["num_classes"] != num_classes:
+        raise ApdError(f"model outputs {io['num_classes']} classes, checkpoint says {num_classes}")
+    files = [file_entry(out, ONNX_FILES["fp32"], "onnx", "fp32")]
+    extra: dict = {}
+    if "fp16" in precisions:
+        log("converting to FP16 (FP32 I/O, sensitive ops in FP32)")
+        extra["fp16"] = convert_fp16(out / ONNX_FILES["fp32"], out / ONNX_FILES["fp16"])
+        files.append(file_entry(out, ONNX_FILES["fp16"], "onnx", "fp16"))
+    return io, files, extra
+
+
+def _int8_step(src: _Source, out: Path, files: list[dict], train_ds, val_items, prep: dict, num_classes: int,
+               scored: int | None, *, calib_images: int, calib_method: str, int8_target: float | None,
+               int8_sensitivity: bool | str, sensitivity_images: int, int8_max_float: float,
+               nodes_to_exclude: Sequence[str] | None, threads: int | None, qat_ranges: bool, int8_scheme: str,
+               log: Callable[[str], None]) -> dict:
+    """Calibrate and build the INT8 graph(s) (``int8.build_int8``); appends their file entries to ``files`` and
+    returns the quantization summary (``manifest["quantization"]``)."""
+    from .int8 import build_int8
+
+    recipe, size, mode = src.recipe, prep["size"], prep["mode"]
+    idx = pick_indices(len(train_ds), calib_images)
+    log(f"INT8 calibration on {len(idx)} '{recipe.data.train_split}' images, method {calib_method}")
+
+    def calib_inputs() -> Iterator[np.ndarray]:
+        for img, _ in _images(train_ds, idx):
+            yield preprocess_image(img, tuple(size), prep["mean"], prep["std"], mode, prep["pad_fill"])[0]
+
+    ev = _eval_set(val_items, prep, num_classes, scored)
+    overrides = None
+    if qat_ranges and src.ckpt.get("qat"):  # a QAT run: the activation ranges it trained with win
+        from .qat import qat_range_overrides
+
+        overrides = qat_range_overrides(src.ckpt["qat"])
+        log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
+    desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
+            "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
+    q = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
+                   method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
+                   sensitivity_images=sensitivity_images, max_float=int8_max_float,
+                   nodes_to_exclude=nodes_to_exclude or (), threads=threads,
+                   range_overrides=overrides, scheme=int8_scheme, log=log)
+    del ev
+    gate = q["target"]
+    if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity
+        print(f"warning: INT8 misses its target: mIoU drop {gate['drop']:.2f} > {gate['max_drop']} points vs FP32 "
+              f"with {q['float_layers']} layer(s) in float; written anyway and marked in the manifest",
+              file=sys.stderr, flush=True)
+    files.append(file_entry(out, ONNX_FILES["int8"], "onnx", "int8"))
+    if q.get("cpu_variant"):
+        files.append(file_entry(out, q["cpu_variant"]["file"], "onnx", "int8", variant="cpu"))
+    for aux in (CALIB_CACHE, SENSITIVITY_JSON, SENSITIVITY_MD):
+        if (out / aux).is_file():
+            files.append(file_entry(out, aux, "data", "int8"))
+    return q
+
+
+def _parity_images(recipe, val_ds, val_items, parity_images: int, prep: dict) -> tuple[Iterable, str]:
+    """The parity images and their description: real val images, or without a dataset a fixed pseudo-random
+    image (max diff and agreement only)."""
+    if val_ds is not None:
+        parity_idx = pick_indices(len(val_ds), parity_images)
+        images = val_items if val_items is not None else _images(val_ds, parity_idx)
+        parity_src = describe_selection(recipe.data.dataset, recipe.data.val_split, len(parity_idx), len(val_ds),
+                                        parity_images)
+    else:
+        rng = np.random.default_rng(0)
+        size = prep["size"]
+        images = [(rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8), None)]
+        parity_src = "no dataset reachable: one fixed random image (no mIoU)"
+    return images, parity_src
+
+
+def _manifest(src: _Source, name: str, num_classes: int, classes: list, palette: list, extra_classes: list,
+              io: dict, prep: dict, argmax: bool, dynamic: bool, files: list[dict], opset: int, parity_src: str,
+              parity: dict, extra: dict) -> dict:
+    ckpt, recipe = src.ckpt, src.recipe
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
+        "model": {"name": ckpt.get("model_name"), "kwargs": ckpt.get("model_kwargs", {}), "step": ckpt.get("step"),
+                  "best_miou": ckpt.get("best_miou")},
+        "num_classes": num_classes, "classes": classes, "palette": palette, "mean": prep["mean"], "std": prep["std"],
+        "extra_classes": extra_classes,
+        "input": io["input"], "outputs": io["outputs"], "preprocess": prep,
+        "output_kind": "labels" if argmax else "logits", "dynamic": bool(dynamic),
+        "files": files,
+        "source": {"checkpoint": str(src.path), "sha256": sha256_file(src.path),
+                   "dataset": recipe.data.dataset, "data_root": recipe.data.root,
+                   # options select the data itself (synthetic size and count, folder formats): bench needs them
+                   "data_options": dict(recipe.data.options), "val_split": recipe.data.val_split},
+        "versions": _versions(opset), "opset": opset,
+        "parity": {"source": parity_src, "fp32_min_agreement": FP32_MIN_AGREEMENT, "results": parity},
+        "fp16": extra.get("fp16"), "quantization": extra.get("int8"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
