@@ -15,7 +15,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,24 @@ def _fmt(v: float) -> str:
 # ------------------------------------------------------------------------------------------------
 # Trainer
 # ------------------------------------------------------------------------------------------------
+
+
+class _LossWindow:
+    """Loss parts summed on their device since the last log line (one host sync per log line, not per step)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        for k, v in parts.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
 
 
 class Trainer:
@@ -469,122 +487,29 @@ class Trainer:
         return ApdError(f"{what}; {where} (lower train.lr or set train.grad_clip{how})")
 
     def fit(self) -> Path:
-        r, tc, info, device = self.recipe, self.recipe.train, self.info, self.device
-        total = tc.iterations
+        """Train from ``self.step`` (0, or the resumed checkpoint's) to ``train.iterations``; returns the run folder."""
+        total = self.recipe.train.iterations
         t_start = time.perf_counter()
         start_step = self.step
-        n_batches = len(self.train_loader)
-        epoch, pos = divmod(self.step, n_batches)
-        it = self._epoch_iter(epoch)
-        if pos and self.step < total:
-            self.log(f"resume: replaying {pos} batches of epoch {epoch} to reach the data position")
-            for _ in range(pos):
-                next(it)
-        if pos and self._resume_rng is not None:
-            # at an epoch boundary the epoch seed already fixes every stream (as in an uninterrupted run)
-            set_rng_state(self._resume_rng)
-
-        bar = None
-        if self.progress and info.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=self.step, desc=r.name, unit="it", dynamic_ncols=True, file=sys.stderr)
+        batches = self._batches(*self._data_position())
+        bar = self._progress_bar()
         autocast = (torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
                     else nullcontext())
         self.distiller.train()
-        sums: dict[str, torch.Tensor] = {}
-        n_sum = 0
-        t_log = time.perf_counter()
+        window = _LossWindow()
         try:
             while self.step < total:
-                try:
-                    images, labels = next(it)
-                except StopIteration:
-                    epoch += 1
-                    it = self._epoch_iter(epoch)
-                    images, labels = next(it)
-                images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                labels = labels.to(device, non_blocking=True)
-                with autocast:
-                    out = self.distiller(images, labels)
-                loss = out.total
-                if any_true(not bool(torch.isfinite(loss.detach()).item()), info, device):
-                    raise self._nan_error(out.parts)
-                # BN statistics are updated by the forward pass: broken ones indict the weights of self.step
-                if any_true(not all_finite(self._buffers(), WEIGHT_LIMIT), info, device):
-                    names = nonfinite_names(((self._pname(b), b) for b in self._buffers()), WEIGHT_LIMIT)
-                    raise self._diverged("the forward pass made the BN statistics non-finite or huge",
-                                         f"nan, inf or > {WEIGHT_LIMIT:g} in {describe_nonfinite(names)}",
-                                         weights_suspect=True)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                average_gradients(self.extra_params, info)
-                # fp16 AMP: inf gradients are expected now and then; the GradScaler skips those steps itself
-                if self.scaler is None and any_true(not all_finite(p.grad for p in self.train_params), info, device):
-                    names = nonfinite_names((self._pname(p), p.grad) for p in self.train_params if p.grad is not None)
-                    raise self._diverged("gradients became non-finite", f"in {describe_nonfinite(names)}",
-                                         weights_suspect=True)
-                if self.scaler is not None:
-                    if tc.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    if tc.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
-                    self.optimizer.step()
-                if any_true(not all_finite(self.train_params, WEIGHT_LIMIT), info, device):
-                    names = nonfinite_names(((self._pname(p), p) for p in self.train_params), WEIGHT_LIMIT)
-                    raise self._diverged("the weights became non-finite or huge", f"nan, inf or |w| > "
-                                         f"{WEIGHT_LIMIT:g} in {describe_nonfinite(names)}", weights_suspect=False)
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                self.step += 1
-                for k, v in out.parts.items():
-                    v = v.detach().float()
-                    sums[k] = sums[k] + v if k in sums else v
-                n_sum += 1
+                images, labels = next(batches)
+                parts, lr = self._train_step(images, labels, autocast)
+                window.add(parts)
                 if bar is not None:
                     bar.update(1)
-
-                if self.step % tc.log_interval == 0 or self.step == total:
-                    means = all_reduce_mean({k: float(v) / n_sum for k, v in sums.items()}, info, device)
-                    dt = time.perf_counter() - t_log
-                    img_s = n_sum * tc.batch_size / max(dt, 1e-9)
-                    rec = {"type": "train", "step": self.step, **means, "lr": lr, "img_s": img_s,
-                           "time": time.perf_counter() - t_start}
-                    if info.is_main:
-                        self.metrics.write(rec)
-                    if bar is not None:
-                        post = {k: _fmt(v) for k, v in means.items()}
-                        post.update(lr=_fmt(lr), img_s=f"{img_s:.1f}")
-                        bar.set_postfix(post, refresh=False)
-                    sums, n_sum, t_log = {}, 0, time.perf_counter()
-
-                if self.step % tc.eval_interval == 0 or self.step == total:
-                    t_eval = time.perf_counter()
-                    res = self._validate()
-                    exclude_from_eta(bar, time.perf_counter() - t_eval)  # the ETA is of training steps only
-                    miou = float(res["miou"])
-                    self.last_eval = res
-                    improved = miou > self.best_miou
-                    if improved:
-                        self.best_miou, self.best_step = miou, self.step
-                    if info.is_main:
-                        self.metrics.write({"type": "eval", "step": self.step, "miou": miou,
-                                            "acc": float(res["acc"]), "macc": float(res["macc"]),
-                                            "iou": [float(x) for x in res["iou"]], "best_miou": self.best_miou})
-                        self.log(f"step {self.step}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f} "
-                                 f"at step {self.best_step})")
-                    if improved:
-                        self._save_best()
-                    t_log = time.perf_counter()  # evaluation time is not training throughput
-
-                if self.step % tc.ckpt_interval == 0 or self.step == total:
+                if self.step % self.recipe.train.log_interval == 0 or self.step == total:
+                    self._log_train(window, lr, bar, t_start)
+                if self.step % self.recipe.train.eval_interval == 0 or self.step == total:
+                    self._evaluate_step(bar)
+                    window.t0 = time.perf_counter()  # evaluation time is not training throughput
+                if self.step % self.recipe.train.ckpt_interval == 0 or self.step == total:
                     self._save_last()
                 if self.on_step is not None:
                     self.on_step(self.step)
@@ -594,8 +519,117 @@ class Trainer:
 
         if self.step > start_step or not (self.run_dir / "summary.json").exists():
             self._finish(time.perf_counter() - t_start)
-        barrier(info)
+        barrier(self.info)
         return self.run_dir
+
+    def _data_position(self) -> tuple[int, Iterator]:
+        """(epoch, its batch iterator) at ``self.step``: a resumed run replays the batches of the interrupted
+        epoch, then restores the checkpoint's RNG state, so it draws exactly what the original run drew."""
+        epoch, pos = divmod(self.step, len(self.train_loader))
+        it = self._epoch_iter(epoch)
+        if pos and self.step < self.recipe.train.iterations:
+            self.log(f"resume: replaying {pos} batches of epoch {epoch} to reach the data position")
+            for _ in range(pos):
+                next(it)
+        if pos and self._resume_rng is not None:
+            # at an epoch boundary the epoch seed already fixes every stream (as in an uninterrupted run)
+            set_rng_state(self._resume_rng)
+        return epoch, it
+
+    def _batches(self, epoch: int, it: Iterator) -> Iterator:
+        """Batches from ``it`` on, then epoch after epoch (each next epoch is seeded when its first batch is due)."""
+        while True:
+            yield from it
+            epoch += 1
+            it = self._epoch_iter(epoch)
+
+    def _progress_bar(self):
+        if not (self.progress and self.info.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.recipe.train.iterations, initial=self.step, desc=self.recipe.name, unit="it",
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimisation step with its divergence checks; returns the loss parts and the lr it used."""
+        tc, info, device = self.recipe.train, self.info, self.device
+        images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with autocast:
+            out = self.distiller(images, labels)
+        loss = out.total
+        if any_true(not bool(torch.isfinite(loss.detach()).item()), info, device):
+            raise self._nan_error(out.parts)
+        # BN statistics are updated by the forward pass: broken ones indict the weights of self.step
+        if any_true(not all_finite(self._buffers(), WEIGHT_LIMIT), info, device):
+            names = nonfinite_names(((self._pname(b), b) for b in self._buffers()), WEIGHT_LIMIT)
+            raise self._diverged("the forward pass made the BN statistics non-finite or huge",
+                                 f"nan, inf or > {WEIGHT_LIMIT:g} in {describe_nonfinite(names)}",
+                                 weights_suspect=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        average_gradients(self.extra_params, info)
+        # fp16 AMP: inf gradients are expected now and then; the GradScaler skips those steps itself
+        if self.scaler is None and any_true(not all_finite(p.grad for p in self.train_params), info, device):
+            names = nonfinite_names((self._pname(p), p.grad) for p in self.train_params if p.grad is not None)
+            raise self._diverged("gradients became non-finite", f"in {describe_nonfinite(names)}",
+                                 weights_suspect=True)
+        if self.scaler is not None:
+            if tc.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
+            self.optimizer.step()
+        if any_true(not all_finite(self.train_params, WEIGHT_LIMIT), info, device):
+            names = nonfinite_names(((self._pname(p), p) for p in self.train_params), WEIGHT_LIMIT)
+            raise self._diverged("the weights became non-finite or huge", f"nan, inf or |w| > "
+                                 f"{WEIGHT_LIMIT:g} in {describe_nonfinite(names)}", weights_suspect=False)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return out.parts, lr
+
+    def _log_train(self, window: "_LossWindow", lr: float, bar, t_start: float) -> None:
+        """Write the mean loss parts since the last log line (averaged over processes) and the throughput."""
+        info = self.info
+        means = all_reduce_mean({k: float(v) / window.n for k, v in window.sums.items()}, info, self.device)
+        img_s = window.n * self.recipe.train.batch_size / max(time.perf_counter() - window.t0, 1e-9)
+        rec = {"type": "train", "step": self.step, **means, "lr": lr, "img_s": img_s,
+               "time": time.perf_counter() - t_start}
+        if info.is_main:
+            self.metrics.write(rec)
+        if bar is not None:
+            post = {k: _fmt(v) for k, v in means.items()}
+            post.update(lr=_fmt(lr), img_s=f"{img_s:.1f}")
+            bar.set_postfix(post, refresh=False)
+        window.reset()
+
+    def _evaluate_step(self, bar) -> None:
+        """Validate, log the result and keep ``best.pt`` when the mIoU improved."""
+        t_eval = time.perf_counter()
+        res = self._validate()
+        exclude_from_eta(bar, time.perf_counter() - t_eval)  # the ETA is of training steps only
+        miou = float(res["miou"])
+        self.last_eval = res
+        improved = miou > self.best_miou
+        if improved:
+            self.best_miou, self.best_step = miou, self.step
+        if self.info.is_main:
+            self.metrics.write({"type": "eval", "step": self.step, "miou": miou,
+                                "acc": float(res["acc"]), "macc": float(res["macc"]),
+                                "iou": [float(x) for x in res["iou"]], "best_miou": self.best_miou})
+            self.log(f"step {self.step}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f} "
+                     f"at step {self.best_step})")
+        if improved:
+            self._save_best()
 
     def _finish(self, wall: float) -> None:
         if not self.info.is_main:
