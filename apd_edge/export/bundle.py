@@ -231,6 +231,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
                   threads: int | None = None, qat_ranges: bool = True, int8_scheme: str = "auto",
+                  int8_float: str = "auto",
                   _stage: _Stage | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
@@ -238,7 +239,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     calibration method chosen by measured error (``calib_method="auto"``), a per-group sensitivity ranking
     on held-out val images, and mixed precision until the mIoU drop against the FP32 ONNX on the parity
     images is at most ``int8_target`` points (None: plain INT8). A model that misses the target is still
-    written and marked in the manifest.
+    written and marked in the manifest. ``int8_float`` (auto, fp16, fp32): the INT8 graph's non-INT8 layers in FP16
+    (FP16 scales, so they run in FP16 on TensorRT) or FP32; auto keeps FP16 unless it costs the target.
 
     Fails with ApdError on bad input, when INT8 calibration has no real dataset, and when FP32 parity
     (argmax agreement with PyTorch) is under 99.9 %. A QAT checkpoint's activation ranges replace the
@@ -356,7 +358,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                                    method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
                                    sensitivity_images=sensitivity_images, max_float=int8_max_float,
                                    nodes_to_exclude=nodes_to_exclude or (), threads=threads,
-                                   range_overrides=overrides, scheme=int8_scheme, log=log)
+                                   range_overrides=overrides, scheme=int8_scheme,
+                                   float_precision=int8_float, log=log)
         del ev
         gate = extra["int8"]["target"]
         if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity
