@@ -352,6 +352,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
 
             overrides = qat_range_overrides(ckpt["qat"])
             log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
+            if int8_scheme == "auto":  # QAT emulated Q/DQ on conv inputs only: quantize exactly those
+                int8_scheme = "weighted"
         desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
                 "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
         extra["int8"] = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
