@@ -68,8 +68,13 @@ def test_fp16_graph_is_trt_valid_and_close_to_the_fp32_scale_graph(qdq32, tmp_pa
     assert check_fp16_qdq(m) == []
     assert check_qdq(m, classifier=classifier_nodes(onnx.load(str(qdq32)))[:1])["problems"] == []
     inits = {i.name: i for i in m.graph.initializer}
-    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert qdq and all(inits[n.input[1]].data_type == TensorProto.FLOAT16 for n in qdq)
+    dqs = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(inits[n.input[1]].data_type == TensorProto.FLOAT16 for n in dqs)
+    # quantizing happens in FP32 (FP16 arithmetic flips roundings), with the FP16-rounded scale
+    qs = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(inits[n.input[1]].data_type == TensorProto.FLOAT for n in qs)
+    prod = {o: n for n in m.graph.node for o in n.output}
+    assert all(prod[n.input[0]].op_type == "Cast" for n in qs if n.input[0] in prod)
     # the classifier conv computes in FP16 too; the graph's I/O stay FP32
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert all(inits[c.input[1]].data_type == TensorProto.FLOAT16 for c in convs if c.input[1] in inits)

@@ -5,7 +5,7 @@ the graph gives it. Written with FP32 scales, everything that is not quantized (
 groups, the classifier, Resize, the ops between quantized convolutions) runs in FP32. The same graph with
 FP16 scales (ONNX opset 19: a DequantizeLinear's output has its scale's type) and FP16 float layers runs
 them in FP16, what TensorRT 10's INT8+FP16 builder flags did and what NVIDIA's Model Optimizer writes for
-strongly typed builds. Quantized values do not move: a scale is rounded to FP16 and, for constant weights,
+strongly typed builds. QuantizeLinear itself reads FP32 (see ``qdq_to_fp16``). Quantized values do not move: a scale is rounded to FP16 and, for constant weights,
 the int8 values are re-derived from the dequantized weights with the rounded scale (|q| <= 127 and a
 relative rounding of 2^-11 keep them unchanged; a scale below FP16's normal range (2^-14, e.g. a first
 convolution with the input normalisation folded in) keeps less precision and moves some weights by one step).
@@ -77,11 +77,16 @@ def fp16_scales(model: onnx.ModelProto) -> dict:
     return {"scales": len(new_scale), "scales_clamped": clamped, "weights_changed": moved}
 
 
-def qdq_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: frozenset[str] | set[str] = KEEP_FP32_OPS) -> dict:
+def qdq_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: frozenset[str] | set[str] = KEEP_FP32_OPS,
+                quantize_fp32: bool = True) -> dict:
     """Write ``src`` (a Q/DQ graph with FP32 scales) to ``dst`` with FP16 scales and FP16 float layers.
 
-    Graph inputs and outputs stay FP32; numerically sensitive ops stay FP32 as in the FP16 export. Returns a
-    summary for the manifest.
+    Graph inputs and outputs stay FP32; numerically sensitive ops stay FP32 as in the FP16 export. With
+    ``quantize_fp32`` every QuantizeLinear reads its input in FP32 (a Cast before it; its scale holds the same
+    FP16-rounded value in FP32): quantizing in FP16 arithmetic flips the rounding of values near a step's
+    midpoint (on the ESPNet authors' CamVid model ONNX Runtime lost 0.65 mIoU that way on 12 val images,
+    none with FP32 quantize; benchmarks/int8_fp16.py). Dequantized tensors and float layers stay FP16.
+    Returns a summary for the manifest.
     """
     model = onnx.load(str(src))
     opset = _opset(model)
@@ -91,15 +96,18 @@ def qdq_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: frozenset[str] 
     with tempfile.TemporaryDirectory(prefix="apd_int8fp16_") as tmp:
         mid = Path(tmp) / "scaled.onnx"
         onnx.save(model, str(mid))
-        summary = convert_fp16(mid, dst, keep_fp32_ops=keep_fp32_ops)
+        keep = set(keep_fp32_ops) | ({"QuantizeLinear"} if quantize_fp32 else set())
+        summary = convert_fp16(mid, dst, keep_fp32_ops=keep)
     problems = check_fp16_qdq(dst)
     if problems:
         raise ApdError("INT8 FP16 graph: " + "; ".join(problems[:3]))
-    return {"float_precision": "fp16", "opset": max(opset, MIN_OPSET), **scales, **summary}
+    return {"float_precision": "fp16", "quantize_in": "fp32" if quantize_fp32 else "fp16",
+            "opset": max(opset, MIN_OPSET), **scales, **summary}
 
 
 def check_fp16_qdq(model: str | Path | onnx.ModelProto) -> list[str]:
-    """Problems of an FP16-scale Q/DQ graph: opset below 19, a scale that is not a positive finite FP16."""
+    """Problems of an FP16-scale Q/DQ graph: opset below 19, a DequantizeLinear scale that is not FP16, a scale
+    that is not a positive finite FP16 value (a QuantizeLinear may keep it in FP32, rounded to FP16)."""
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     problems = []
     if _opset(m) < MIN_OPSET:
@@ -112,10 +120,11 @@ def check_fp16_qdq(model: str | Path | onnx.ModelProto) -> list[str]:
         if init is None:
             problems.append(f"{n.name}: scale is not an initializer")
             continue
-        if init.data_type != TensorProto.FLOAT16:
+        allowed = (TensorProto.FLOAT16,) if n.op_type == "DequantizeLinear" else (TensorProto.FLOAT16, TensorProto.FLOAT)
+        if init.data_type not in allowed:
             problems.append(f"{n.name}: scale type {TensorProto.DataType.Name(init.data_type)}, expected FLOAT16")
             continue
         s = numpy_helper.to_array(init).astype(np.float32)
-        if not np.all(np.isfinite(s)) or np.any(s < FP16_MIN):
+        if not np.all(np.isfinite(s)) or np.any(s < FP16_MIN) or not np.array_equal(s, s.astype(np.float16)):
             problems.append(f"{n.name}: scale not a positive finite FP16")
     return problems
