@@ -117,9 +117,9 @@ def main() -> None:
     r = res["rows"]
     fp32 = r["FP32"]["miou"]
     d32, d16 = fp32 - r["INT8 (FP32 scales)"]["miou"], fp32 - r["INT8 + FP16 float layers"]["miou"]
-    # what --int8-float auto does with these numbers (export/int8.py): FP16 unless it loses the target that
-    # FP32 float layers meet, or loses more than they do when both miss
-    auto = "fp16" if (d16 <= args.target or d16 <= d32) else "fp32"
+    from apd_edge.export.int8 import FP16_TOLERANCE, auto_keeps_fp16
+
+    auto = "fp16" if auto_keeps_fp16(d16, d32, args.target) else "fp32"  # what --int8-float auto does
     doc = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": {"cpu": _cpu(), "python": platform.python_version(), "threads": args.threads},
@@ -139,7 +139,8 @@ def main() -> None:
     lines += ["", f"Conversion: {info['scales']} scales to FP16 ({info['scales_clamped']} below the smallest FP16 "
               f"clamped), {info['weights_changed']} int8 weight values re-derived, opset {info['opset']}.", "",
               f"Verdict (computed): FP16 float layers change the INT8 drop by {d16 - d32:+.2f} points "
-              f"({d32:.2f} -> {d16:.2f}); with a {args.target} target `--int8-float auto` keeps **{auto}** float layers."]
+              f"({d32:.2f} -> {d16:.2f}); with a {args.target} target and a {FP16_TOLERANCE} tolerance `--int8-float auto` "
+              f"keeps **{auto}** float layers."]
     (out / f"int8_fp16_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

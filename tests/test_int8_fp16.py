@@ -120,3 +120,12 @@ def test_refuses_a_zero_scale():
     m = _dq_graph(np.ones((2, 1, 1, 1), np.int8), np.array([0.1, 0.0]), axis=0)
     with pytest.raises(ApdError, match="non-positive"):
         fp16_scales(m)
+
+
+def test_auto_float_precision_rule():
+    from apd_edge.export.int8 import auto_keeps_fp16
+
+    assert auto_keeps_fp16(0.70, 0.66, 0.5)  # both miss, FP16 within the tolerance: the faster graph
+    assert not auto_keeps_fp16(0.90, 0.66, 0.5)  # both miss, FP16 costs 0.24 more
+    assert not auto_keeps_fp16(0.55, 0.45, 0.5)  # FP16 would lose the target FP32 float layers meet
+    assert auto_keeps_fp16(0.48, 0.45, 0.5) and auto_keeps_fp16(None, None, 0.5)

@@ -41,7 +41,8 @@ SENSITIVITY_MD = "int8_sensitivity.md"
 INT8_FILE, INT8_CPU_FILE = "model_int8.onnx", "model_int8_cpu.onnx"
 DEFAULT_TARGET_DROP = 0.5  # mIoU points against the FP32 ONNX on the parity images
 DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stays float
-FLOAT_PRECISIONS = ("auto", "fp16", "fp32")  # what the TensorRT graph's non-INT8 layers compute in
+FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
+FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)  # what the TensorRT graph's non-INT8 layers compute in
 SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
 
 
@@ -164,7 +165,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
     INT8 misses the target (mixed precision needs the ranking). ``float_precision="fp16"`` writes the TensorRT
     graph with FP16 scales and FP16 float layers (``int8_fp16.qdq_to_fp16``): what is not INT8 runs in FP16
     on TensorRT; the search runs on the FP32-scale graphs and the FP16 graph is scored again. ``"auto"``
-    keeps FP16 unless it loses the target that FP32 float layers meet (or loses more when both miss).
+    keeps FP16 unless it loses the target FP32 float layers meet or costs more than ``FP16_TOLERANCE``.
     """
     if float_precision not in FLOAT_PRECISIONS:
         raise ApdError(f"unknown INT8 float precision {float_precision!r}; choose {', '.join(FLOAT_PRECISIONS)}")
@@ -320,10 +321,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
             s16 = scorer.score(fp16_path)
             fp16_info["score"] = s16
             log("INT8 with FP16 float layers: " + _describe(s16))
-            # auto: FP16 float layers unless they cost the target that FP32 ones keep, or cost more than they
-            # would with FP32 when the target is out of reach anyway
-            if (float_precision == "fp16" or target_drop is None or "miou_drop" not in s16
-                    or s16["miou_drop"] <= target_drop or s16["miou_drop"] <= final.get("miou_drop", 0.0)):
+            if float_precision == "fp16" or auto_keeps_fp16(s16.get("miou_drop"), final.get("miou_drop"), target_drop):
                 used = "fp16"
                 fp16_info["fp32_scales"] = final
                 final = s16
@@ -366,6 +364,16 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         "qdq_check": qdq_report, "seconds": round(time.perf_counter() - t_start, 1),
     }
     return section
+
+
+def auto_keeps_fp16(drop_fp16: float | None, drop_fp32: float | None, target: float | None) -> bool:
+    """``--int8-float auto``: FP16 float layers unless they lose the target that FP32 ones meet, or cost more
+    than ``FP16_TOLERANCE`` mIoU points beyond them (drops in points against the FP32 ONNX)."""
+    if drop_fp16 is None or drop_fp32 is None:
+        return True  # nothing measured (no labels): FP16, the fast graph
+    if target is not None and drop_fp32 <= target < drop_fp16:
+        return False
+    return drop_fp16 - drop_fp32 <= FP16_TOLERANCE
 
 
 def _describe(s: dict) -> str:
