@@ -22,7 +22,7 @@ DISTS = {"numpy": {"numpy"}, "cv2": {"opencv-python-headless"}, "click": {"click
          "cuda": {"cuda-python"}}
 # the training side: modules that may import the `train` extra at module level; everything else is the
 # torch-free core that a plain `pip install apd-edge` runs (runtime, bench, demo, data, cli, recipes)
-TRAIN_SIDE = ("models/", "distill/", "engine/", "export/", "data/loader.py", "bench/torch_runner.py")
+TRAIN_SIDE = ("models/", "distill/", "engine/", "export/", "data/loader.py", "guard.py")
 
 
 def _requirements() -> tuple[set[str], dict[str, set[str]]]:
@@ -51,6 +51,18 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Inside ``if TYPE_CHECKING:`` (for annotations only: never executed)."""
+    while node in parents:
+        child, node = node, parents[node]
+        if isinstance(node, ast.If) and child in node.body:
+            test = node.test
+            if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                    isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+                return True
+    return False
+
+
 def scan_imports(pkg: Path = PKG) -> list[tuple[str, str, bool, bool]]:
     """(module path, top-level third-party name, at module level, guarded) for every import in ``pkg``."""
     std = set(sys.stdlib_module_names)
@@ -64,6 +76,8 @@ def scan_imports(pkg: Path = PKG) -> list[tuple[str, str, bool, bool]]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             else:
+                continue
+            if _type_checking_only(node, parents):
                 continue
             up, module_level = node, True
             while up in parents:
@@ -85,7 +99,8 @@ def test_scanner_sees_guards_and_levels(tmp_path: Path) -> None:
     pkg = tmp_path / "apd_edge"
     pkg.mkdir()
     (pkg / "m.py").write_text("import os\nimport numpy as np\nfrom . import x\ndef f():\n    import torch\n"
-                              "    try:\n        import rich.table\n    except ImportError:\n        pass\n")
+                              "    try:\n        import rich.table\n    except ImportError:\n        pass\n"
+                              "if TYPE_CHECKING:\n    import onnx\n")
     assert scan_imports(pkg) == [("m.py", "numpy", True, False), ("m.py", "torch", False, False),
                                  ("m.py", "rich", False, True)]
 

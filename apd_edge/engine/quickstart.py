@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import checkpoint_file
 from ..config import Recipe, load_recipe
 from ..recipebook import packaged_recipe
 
@@ -45,7 +46,7 @@ def run_quickstart(out: str | Path = "runs", fast: bool = False, progress: bool 
     extra = _fast_overrides(t_rec) if fast else []
     t_rec = _recipe("quickstart_teacher", base + extra + [f"name={_free_name(out, t_rec.name)}"])
     t_dir = train(t_rec, progress=progress)
-    t_ckpt = t_dir / "best.pt" if (t_dir / "best.pt").is_file() else t_dir / "last.pt"
+    t_ckpt = checkpoint_file(t_dir)
     t_time = time.perf_counter() - t0
 
     s_rec = _recipe("quickstart", base + [f"teacher.checkpoint={t_ckpt}"])
