@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 from ..errors import ApdError
 from ..runtime.integrity import backend_io, check_model_io
 from ..runtime.manifest import file_entry, load_manifest, save_manifest, verify_file
+from ..targets import ONNX_PRECISIONS
 from .samples import load_samples, sample_parity
 from .tensorrt import TIMING_CACHE, engine_plan, profile_plan
 
-BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
+BUNDLE_PRECISIONS = ONNX_PRECISIONS  # engines are built from the bundle's ONNX files
 TRT_MAJORS_PLANNED = ("10", "11")  # what --dry-run plans for when TensorRT is not installed
 FP32_REPRODUCE = 99.9  # % of stored FP32 labels ONNX Runtime on the device should reproduce
 
