@@ -37,7 +37,8 @@ def measure_row(art: Artifact, backend: str, precision: str, opts: BenchOptions,
         pass
     ok, why = list_backends().get(backend, (False, f"unknown backend {backend!r}"))
     if ok and precision == "fp32_trtfp16" and backend != "trt":
-        ok, why = False, "fp32_trtfp16 is a TensorRT 10 engine (the FP32 graph built with the FP16 flag): --backends trt"
+        ok, why = False, ("fp32_trtfp16 is a TensorRT 10 engine (the FP32 graph built with the FP16 flag): "
+                          "--backends trt")
     if not ok:
         row.status, row.reason = "skipped", why
         return row
