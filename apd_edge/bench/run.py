@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ApdError
-from ..targets import BACKENDS, ONNX_PRECISIONS, PRECISIONS
+from ..targets import BACKENDS, PRECISIONS
 from .accuracy import resolve_eval_data
 from .artifacts import Artifact, artifact_kind, load_artifact, newest_bundle
 from .latency import split_summary
@@ -33,9 +33,7 @@ from .measure import FILE_FORMAT, measure_row, parse_mem_get_info
 from .options import BenchOptions, check_counts, check_names, first_line
 from .report import Row, precision_notes, print_table, write_all
 
-EXPORT_PRECISIONS = ONNX_PRECISIONS  # fp32_trtfp16 is an engine of the FP32 graph, not an ONNX file
-
-__all__ = ["BACKENDS", "PRECISIONS", "EXPORT_PRECISIONS", "FILE_FORMAT", "Artifact", "BenchOptions", "Row",
+__all__ = ["BACKENDS", "PRECISIONS", "FILE_FORMAT", "Artifact", "BenchOptions", "Row",
            "artifact_kind", "load_rows", "measure_row", "newest_bundle", "parse_mem_get_info", "run_bench",
            "split_summary"]
 

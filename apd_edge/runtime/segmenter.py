@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ApdError
-from ..targets import BACKENDS, PRECISIONS  # noqa: F401 - PRECISIONS: part of this module's names
+from ..targets import BACKENDS
 from .backends import list_backends
 from .integrity import backend_io, check_model_io
 from .manifest import find_file, load_manifest, verify_file
