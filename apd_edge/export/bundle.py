@@ -24,28 +24,25 @@ from ..data.scoring import describe_selection
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
+from ..targets import ONNX_PRECISIONS
 from .int8 import CALIB_CACHE, DEFAULT_MAX_FLOAT, DEFAULT_TARGET_DROP, SENSITIVITY_JSON, SENSITIVITY_MD
 from .parity import FP32_MIN_AGREEMENT, parity_table, pick_indices, run_parity
 
 # files an export writes (replaced by a re-export, never carried over from the previous bundle)
 OWN_FILES = ("manifest.json", "samples.npz", "calibration.npz", "int8_sensitivity.json", "int8_sensitivity.md")
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
-PRECISIONS = tuple(ONNX_FILES)
+ONNX_FILES = dict(zip(ONNX_PRECISIONS, ("model.onnx", "model_fp16.onnx", "model_int8.onnx")))
+PRECISIONS = ONNX_PRECISIONS
 DEFAULT_PARITY_IMAGES = 128  # covers CamVid val (101) whole; larger val sets are sampled evenly
 
 
 def resolve_checkpoint(source: str | Path | None) -> Path:
     """A checkpoint file from a file, a run folder (best.pt, else last.pt) or None (runs/latest)."""
+    from ..checkpoint import checkpoint_file
+
     p = Path(source) if source is not None else Path("runs") / "latest"
-    if p.is_dir():
-        for cand in ("best.pt", "last.pt"):
-            if (p / cand).is_file():
-                return (p / cand).resolve()
-        raise ApdError(f"no best.pt or last.pt in run folder {p}")
-    if not p.is_file():
-        hint = " (train a model first, or pass a checkpoint)" if source is None else ""
-        raise ApdError(f"checkpoint not found: {p}{hint}")
-    return p.resolve()
+    if source is None and not p.exists():
+        raise ApdError(f"checkpoint not found: {p} (train a model first, or pass a checkpoint)")
+    return checkpoint_file(p).resolve()
 
 
 def _round_up32(v: int) -> int:
@@ -247,7 +244,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     calibrated ones of the conv inputs it quantized (``qat_ranges``).
     """
     from ..config import recipe_from_dict
-    from ..engine.checkpoint import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
     from .fp16 import convert_fp16
     from .onnx import export_onnx
     from .calibrate import CALIB_METHODS

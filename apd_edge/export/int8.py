@@ -137,14 +137,14 @@ def _error(s: dict) -> tuple[float, float]:
 
 def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
     """A Markdown table of the sensitivity ranking (most sensitive first)."""
-    lines = ["| rank | node | op | error removed (% px) | disagreement left (% px) | rel. logit RMSE left |",
-             "|---:|---|---|---:|---:|---:|"]
-    for r in rows[:top]:
-        lines.append(f"| {r['rank']} | `{r['node']}` | {r['op']} | {r['gain']:+.3f} | {r['disagreement']:.3f} | "
-                     f"{r['rel_rmse']:.4f} |")
+    from ..tables import markdown_table
+
+    body = [(r["rank"], f"`{r['node']}`", r["op"], f"{r['gain']:+.3f}", f"{r['disagreement']:.3f}", f"{r['rel_rmse']:.4f}")
+            for r in rows[:top]]
     if len(rows) > top:
-        lines.append(f"| ... | {len(rows) - top} more in {SENSITIVITY_JSON} | | | | |")
-    return "\n".join(lines)
+        body.append(("...", f"{len(rows) - top} more in {SENSITIVITY_JSON}", "", "", "", ""))
+    return markdown_table(("rank", "node", "op", "error removed (% px)", "disagreement left (% px)",
+                           "rel. logit RMSE left"), body, align="rllrrr")
 
 
 def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Callable[[], Iterable[np.ndarray]],
