@@ -126,7 +126,7 @@ def latency(bundle: Path, threads: int, rounds: int, iters: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from apd_edge.engine.checkpoint import model_from_checkpoint
+    from apd_edge.checkpoint import model_from_checkpoint
 
     m = json.loads((bundle / "manifest.json").read_text())
     h, w = m["preprocess"]["size"]
@@ -176,7 +176,7 @@ def random_student(name: str, work: Path, data_root: str) -> Path:
     import torch
 
     from apd_edge.config import Recipe, recipe_to_dict
-    from apd_edge.engine.checkpoint import save_checkpoint
+    from apd_edge.checkpoint import save_checkpoint
     from apd_edge.models import build_model
 
     torch.manual_seed(0)

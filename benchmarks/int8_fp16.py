@@ -62,7 +62,7 @@ def score(bundle: Path, graphs: dict[str, Path], data_root: str, threads: int, l
 
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_dataset
-    from apd_edge.engine.checkpoint import load_checkpoint
+    from apd_edge.checkpoint import load_checkpoint
     from apd_edge.runtime.postprocess import logits_to_labels
     from apd_edge.runtime.preprocess import preprocess_image
 

@@ -42,7 +42,7 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
     """mIoU (dataset classes) of each precision of ``bundle`` on all val images, and INT8 agreement with FP32."""
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_dataset
-    from apd_edge.engine.checkpoint import load_checkpoint
+    from apd_edge.checkpoint import load_checkpoint
     from apd_edge.runtime.backends.ort import OrtBackend
     from apd_edge.runtime.postprocess import logits_to_labels
     from apd_edge.runtime.preprocess import preprocess_image
