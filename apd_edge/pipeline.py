@@ -12,7 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-QUICK_PRECISIONS = ("fp32", "fp16", "int8")
+from .targets import ONNX_PRECISIONS
+
+QUICK_PRECISIONS = ONNX_PRECISIONS  # every ONNX precision an export writes
 
 
 def run_pipeline(out: str | Path = "runs", export_dir: str | Path = "export", fast: bool = False,

@@ -68,7 +68,8 @@ def _export(run: Path, out: Path, data_root: str, threads: int, reuse: bool = Fa
                       threads=threads, progress=True, **kw)
     m = json.loads((out / "manifest.json").read_text())
     q, par = m["quantization"], m["parity"]["results"]
-    return {"seconds": round(time.perf_counter() - t0, 1), "method": q["method"], "float_layers": q["float_layers"],
+    return {"seconds": round(time.perf_counter() - t0, 1), "method": q["method"], "scheme": q.get("scheme"),
+            "float_precision": q.get("float_precision", "fp32"), "float_layers": q["float_layers"],
             "groups": q["groups"], "float_nodes": q["float_nodes"], "target": q["target"],
             "calib_images": q["calib_images"], "cache_hit": q["calibration_cache_hit"],
             "method_scores": q["method_scores"], "images": par["fp32"]["images"],
@@ -125,7 +126,7 @@ def latency(bundle: Path, threads: int, rounds: int, iters: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from apd_edge.engine.checkpoint import model_from_checkpoint
+    from apd_edge.checkpoint import model_from_checkpoint
 
     m = json.loads((bundle / "manifest.json").read_text())
     h, w = m["preprocess"]["size"]
@@ -175,7 +176,7 @@ def random_student(name: str, work: Path, data_root: str) -> Path:
     import torch
 
     from apd_edge.config import Recipe, recipe_to_dict
-    from apd_edge.engine.checkpoint import save_checkpoint
+    from apd_edge.checkpoint import save_checkpoint
     from apd_edge.models import build_model
 
     torch.manual_seed(0)
@@ -196,13 +197,16 @@ def _md(doc: dict) -> str:
          + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in doc["machine"].items() if k not in ("model", "cores"))
          + "  ", f"Settings: {json.dumps(doc['settings'])}\n",
          "## Accuracy (mIoU %, all CamVid val images, ONNX Runtime CPU)\n",
-         "| model | variant | calibration | float layers / groups | FP32 | INT8 | drop | target met | export s |",
+         "| model | variant | calibration, scheme, TensorRT float layers | float layers / groups | FP32 | INT8 | drop "
+         "| target met | export s |",
          "|---|---|---|---|---:|---:|---:|---|---:|"]
     for name, r in doc["models"].items():
         for var, v in r.get("variants", {}).items():
-            L.append(f"| {name} | {var} | {v['method']} | {v['float_layers']} / {v['groups']} | {v['miou_fp32']:.2f} | "
+            how = ", ".join(str(x) for x in (v["method"], v.get("scheme"), v.get("float_precision")) if x)
+            L.append(f"| {name} | {var} | {how} | {v['float_layers']} / {v['groups']} | {v['miou_fp32']:.2f} | "
                      f"{v['miou_int8']:.2f} | {v['miou_fp32'] - v['miou_int8']:+.2f} | {v['target']['met']} | "
                      f"{v['seconds']:.0f} |")
+    L += ["", "Data: " + "; ".join(f"{name}: {r['data_root']}" for name, r in doc["models"].items() if r.get("data_root"))]
     L += ["", "## Calibration memory (512 images at the export size, calibration alone, subprocess peak RSS)\n",
           "| model | size | tensors | images | peak RSS MB | seconds |", "|---|---|---:|---:|---:|---:|"]
     for name, r in doc["models"].items():
@@ -274,7 +278,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default=os.environ.get("APD_EDGE_CAMVID", str(DEFAULT_DATA)))
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the ESPNet authors' CamVid model")
-    ap.add_argument("--run", action="append", default=[], metavar="NAME=RUN", help="a trained run folder")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME=RUN[@DATA_ROOT]",
+                    help="a trained run folder (and the data copy it was trained on, if not --data-root)")
     ap.add_argument("--qat", action="append", default=[], metavar="NAME=RUN",
                     help="a QAT run folder (apd-edge qat) of model NAME")
     ap.add_argument("--latency-only", default="", help="students timed with random weights, e.g. bisenetv2,mobilenetv2")
@@ -301,27 +306,32 @@ def main() -> None:
 
         runs["espnet_authors"] = Path(import_weights(args.weights, out=work / "runs", data_root=args.data_root,
                                                      force=True))
+    roots: dict[str, str] = {}
     for spec in args.run:
         name, _, path = spec.partition("=")
+        path, _, root = path.partition("@")  # NAME=RUN@ROOT: a run trained on another copy of the data
         runs[name] = Path(path)
+        if root:
+            roots[name] = root
     qat = dict(s.partition("=")[::2] for s in args.qat)
     doc = {"command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _cpu_flags(),
            "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")}, "models": {}}
     for name, run in runs.items():
         bundle = work / "bundles" / name
-        r = doc["models"][name] = {"run": str(run), "variants": {}}
+        data_root = roots.get(name, args.data_root)
+        r = doc["models"][name] = {"run": str(run), "data_root": data_root, "variants": {}}
         variants = args.variants.split(",")
         if "plain-percentile" in variants:
-            r["variants"]["plain (percentile)"] = _export(run, bundle, args.data_root, args.threads,
+            r["variants"]["plain (percentile)"] = _export(run, bundle, data_root, args.threads,
                                                           calib_images=args.calib_images, calib_method="percentile",
                                                           int8_target=None, int8_sensitivity=False)
         if "plain-auto" in variants:
-            r["variants"]["plain (auto method)"] = _export(run, bundle, args.data_root, args.threads,
+            r["variants"]["plain (auto method)"] = _export(run, bundle, data_root, args.threads,
                                                            calib_images=args.calib_images, int8_target=None,
                                                            int8_sensitivity=False)
         if "mixed" in variants:
-            v = _export(run, bundle, args.data_root, args.threads, reuse=args.reuse_bundles,
+            v = _export(run, bundle, data_root, args.threads, reuse=args.reuse_bundles,
                         calib_images=args.calib_images, sensitivity_images=args.sensitivity_images)
             r["variants"]["mixed (default)"] = v
             if "plain-auto" not in variants:  # the same export measured plain INT8 first, on the same images
@@ -333,10 +343,10 @@ def main() -> None:
                                                                 "any layer went back to float)"}
         if name in qat:
             r["variants"]["QAT + mixed (default)"] = _export(Path(qat[name]), work / "bundles" / f"{name}_qat",
-                                                             args.data_root, args.threads,
+                                                             data_root, args.threads,
                                                              calib_images=args.calib_images)
         if args.rss_images:
-            r["calib_rss"] = calib_rss(bundle, args.data_root, args.rss_images)
+            r["calib_rss"] = calib_rss(bundle, data_root, args.rss_images)
         r["latency"] = latency(bundle, args.threads, args.rounds, args.iters)
         print(json.dumps({name: {"latency": r["latency"], "calib_rss": r.get("calib_rss")}}), flush=True)
     for name in [n for n in args.latency_only.split(",") if n]:

@@ -42,7 +42,7 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
     """mIoU (dataset classes) of each precision of ``bundle`` on all val images, and INT8 agreement with FP32."""
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_dataset
-    from apd_edge.engine.checkpoint import load_checkpoint
+    from apd_edge.checkpoint import load_checkpoint
     from apd_edge.runtime.backends.ort import OrtBackend
     from apd_edge.runtime.postprocess import logits_to_labels
     from apd_edge.runtime.preprocess import preprocess_image
@@ -54,7 +54,8 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
     ds = build_dataset(recipe.data, recipe.data.val_split)
     k = ds.num_classes
     prep = m["preprocess"]
-    files = {f["precision"]: f["path"] for f in m["files"] if f["format"] == "onnx"}
+    # the TensorRT graphs (a CPU twin, ``variant: cpu``, is scored by int8_accuracy.py)
+    files = {f["precision"]: f["path"] for f in m["files"] if f["format"] == "onnx" and not f.get("variant")}
     backends = {p: OrtBackend(bundle / files[p], device="cpu", threads=threads) for p in precisions}
     cms = {p: np.zeros((k + 1, k + 1), np.int64) for p in precisions}
     agree = pixels = 0
@@ -73,7 +74,9 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
         if "int8" in labs:
             agree += int((labs["int8"] == labs["fp32"]).sum())
             pixels += labs["fp32"].size
-    out = {"images": len(ds), "classes": k}
+    q = m.get("quantization") or {}
+    out = {"images": len(ds), "classes": k, "int8_method": q.get("method"), "int8_scheme": q.get("scheme"),
+           "float_groups": len(q.get("float_nodes") or [])}
     for p, cm in cms.items():
         tp = np.diag(cm)[:k].astype(float)
         union = cm[:k, :].sum(1) + cm[:, :k].sum(0) - tp
@@ -97,6 +100,9 @@ def main() -> None:
     ap.add_argument("--calib-method", default="percentile")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--int8-scheme", default="auto", help="Q/DQ placement of every export: auto, all, weighted")
+    ap.add_argument("--sensitivity", default="auto", choices=["auto", "on", "off"],
+                    help="sensitivity ranking (and mixed precision): auto = only when plain INT8 misses the target")
     ap.add_argument("--both-ranges", action="store_true", help="also export the QAT run with calibrated ranges")
     ap.add_argument("--stage", choices=["all", "source", "qat"], default="all",
                     help="source: only the PTQ export of SOURCE; qat: only the QAT run and its exports "
@@ -131,7 +137,8 @@ def main() -> None:
         qat_summary = read_summary(qat_run)
 
     common = dict(precisions=["fp32", "int8"], calib_images=args.calib_images, calib_method=args.calib_method,
-                  parity_images=2, data_root=args.data_root, progress=True)
+                  parity_images=2, data_root=args.data_root, progress=True, int8_scheme=args.int8_scheme,
+                  int8_sensitivity={"auto": "auto", "on": True, "off": False}[args.sensitivity], threads=args.threads)
     rows = dict(prev.get("rows") or {})
     jobs = [("PTQ (source)", src, {})] if args.stage != "qat" else []
     if qat_run is not None:
@@ -148,6 +155,7 @@ def main() -> None:
         "commands": commands, "machine": _machine(), "source": str(src),
         "qat_run": str(qat_run) if qat_run is not None else prev.get("qat_run"),
         "settings": {"calib_images": args.calib_images, "calib_method": args.calib_method,
+                 "int8_scheme": args.int8_scheme, "sensitivity": args.sensitivity,
                      "qat": qat_summary.get("qat") or (prev.get("settings") or {}).get("qat")},
         "qat_summary": {k: qat_summary.get(k) for k in ("steps", "wall_time_s", "fp32_miou", "start_fake_quant_miou",
                                                         "final_miou", "best_miou", "best_step")}

@@ -226,16 +226,16 @@ cuda = pytest.mark.skipif(
 
 @cuda
 def test_torch_cuda_fp16_channels_last_graph_agree(tiny):
-    from apd_edge.bench.torch_runner import TorchRunner
+    from apd_edge.bench.runners import torch_runner
     from apd_edge.runtime.manifest import load_manifest
 
     bundle, ckpt, _ = tiny
     manifest = load_manifest(bundle)
     img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    ref = TorchRunner(ckpt, manifest, device="cuda").predict(img)
+    ref = torch_runner(ckpt, manifest, device="cuda").predict(img)
     for kw in ({"precision": "fp16"}, {"channels_last": True}, {"cuda_graph": True},
                {"precision": "fp16", "channels_last": True, "cuda_graph": True}):
-        got = TorchRunner(ckpt, manifest, device="cuda", **kw).predict(img)
+        got = torch_runner(ckpt, manifest, device="cuda", **kw).predict(img)
         assert (got == ref).mean() > 0.99, kw
 
 
@@ -254,12 +254,12 @@ def test_bench_torch_cuda_rows(tiny, tmp_path):
 
 def test_onnx_and_torch_mac_counts_agree(tiny):
     from apd_edge.bench.onnx_profile import onnx_profile
-    from apd_edge.bench.torch_runner import TorchRunner
+    from apd_edge.bench.runners import torch_runner
     from apd_edge.runtime.manifest import load_manifest
 
     bundle, ckpt, _ = tiny
     onnx = onnx_profile(bundle / "model.onnx")
-    runner = TorchRunner(ckpt, load_manifest(bundle))
+    runner = torch_runner(ckpt, load_manifest(bundle))
     assert onnx["macs"] == runner.count_macs() > 1e6
     assert 0.98 * runner.params <= onnx["params"] <= runner.params  # BatchNorm folded into convs in ONNX
 

@@ -22,7 +22,7 @@ DISTS = {"numpy": {"numpy"}, "cv2": {"opencv-python-headless"}, "click": {"click
          "cuda": {"cuda-python"}}
 # the training side: modules that may import the `train` extra at module level; everything else is the
 # torch-free core that a plain `pip install apd-edge` runs (runtime, bench, demo, data, cli, recipes)
-TRAIN_SIDE = ("models/", "distill/", "engine/", "export/", "data/loader.py", "bench/torch_runner.py")
+TRAIN_SIDE = ("models/", "distill/", "engine/", "export/", "data/loader.py", "guard.py")
 
 
 def _requirements() -> tuple[set[str], dict[str, set[str]]]:
@@ -51,6 +51,18 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Inside ``if TYPE_CHECKING:`` (for annotations only: never executed)."""
+    while node in parents:
+        child, node = node, parents[node]
+        if isinstance(node, ast.If) and child in node.body:
+            test = node.test
+            if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                    isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+                return True
+    return False
+
+
 def scan_imports(pkg: Path = PKG) -> list[tuple[str, str, bool, bool]]:
     """(module path, top-level third-party name, at module level, guarded) for every import in ``pkg``."""
     std = set(sys.stdlib_module_names)
@@ -64,6 +76,8 @@ def scan_imports(pkg: Path = PKG) -> list[tuple[str, str, bool, bool]]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             else:
+                continue
+            if _type_checking_only(node, parents):
                 continue
             up, module_level = node, True
             while up in parents:
@@ -85,7 +99,8 @@ def test_scanner_sees_guards_and_levels(tmp_path: Path) -> None:
     pkg = tmp_path / "apd_edge"
     pkg.mkdir()
     (pkg / "m.py").write_text("import os\nimport numpy as np\nfrom . import x\ndef f():\n    import torch\n"
-                              "    try:\n        import rich.table\n    except ImportError:\n        pass\n")
+                              "    try:\n        import rich.table\n    except ImportError:\n        pass\n"
+                              "if TYPE_CHECKING:\n    import onnx\n")
     assert scan_imports(pkg) == [("m.py", "numpy", True, False), ("m.py", "torch", False, False),
                                  ("m.py", "rich", False, True)]
 
@@ -139,3 +154,93 @@ def test_onnx_export_needs_no_onnxscript(tmp_path: Path) -> None:
                          timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "True"
+
+
+# -- layering: lower rooms never import higher ones (docs: the layout's "flow, one way through the house") ------
+# package (or top-level module) -> apd_edge packages it must not import, at any depth (a lazy import counts:
+# it is still a dependency)
+ABOVE_RUNTIME = ("models", "distill", "engine", "data", "export", "bench", "demo", "cli", "pipeline", "config")
+FORBIDDEN = {
+    "runtime": ABOVE_RUNTIME,
+    "models": ("distill", "engine", "export", "bench", "demo", "cli", "pipeline"),
+    "distill": ("engine", "export", "bench", "demo", "cli", "pipeline"),
+    "data": ("engine", "distill", "models", "export", "bench", "demo", "cli", "pipeline"),
+    "checkpoint": ("engine", "distill", "export", "runtime", "bench", "cli", "pipeline"),
+    "guard": ("engine", "distill", "export", "runtime", "bench", "cli", "pipeline"),
+    "targets": ("engine", "distill", "models", "data", "export", "runtime", "bench", "cli", "pipeline"),
+}
+
+
+def package_imports(pkg: Path = PKG) -> list[tuple[str, str, int]]:
+    """(module path, imported ``apd_edge...`` module, line) for every import of the package by itself,
+    relative imports resolved; ``if TYPE_CHECKING:`` imports left out (they never run)."""
+    found = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        here = [pkg.name, *rel.parent.parts]  # the package a relative import starts from
+        tree = ast.parse(path.read_text())
+        parents = {ch: node for node in ast.walk(tree) for ch in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[:len(here) - node.level + 1]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                    # ``from . import x`` / ``from .. import x``: x may be a module of that package
+                    names = [stem] if node.module else [f"{stem}.{a.name}" for a in node.names]
+                else:
+                    names = [node.module or ""]
+            else:
+                continue
+            if _type_checking_only(node, parents):
+                continue
+            found += [(rel.as_posix(), n, node.lineno) for n in names if n.split(".")[0] == pkg.name]
+    return found
+
+
+def _room(rel: str) -> str:
+    """The package (``runtime``) or top-level module (``checkpoint``) a module path belongs to."""
+    first = rel.split("/")[0]
+    return first[:-3] if first.endswith(".py") else first
+
+
+def layering_violations(pkg: Path = PKG) -> list[str]:
+    bad = []
+    for rel, target, line in package_imports(pkg):
+        parts = target.split(".")
+        room = parts[1] if len(parts) > 1 else ""
+        if room in FORBIDDEN.get(_room(rel), ()):
+            bad.append(f"{rel}:{line} imports {target}")
+    for rel, top, module_level, _ in scan_imports(pkg):
+        if _room(rel) == "runtime" and top == "torch" and module_level:
+            bad.append(f"{rel} imports torch at module level (the runtime is torch-free; import it where used)")
+    return sorted(bad)
+
+
+def test_layering_scanner_resolves_relative_imports(tmp_path: Path) -> None:
+    """The scanner sees every form of import: relative at each depth, absolute, lazy, and skips TYPE_CHECKING."""
+    pkg = tmp_path / "apd_edge"
+    (pkg / "runtime" / "backends").mkdir(parents=True)
+    (pkg / "distill").mkdir()
+    (pkg / "runtime" / "backends" / "t.py").write_text(
+        "from ...checkpoint import load\nfrom ... import models\ndef f():\n    import torch\n"
+        "    from ...engine.trainer import Trainer\n")
+    (pkg / "runtime" / "m.py").write_text("from typing import TYPE_CHECKING\nimport torch\n"
+                                          "if TYPE_CHECKING:\n    from ..engine import x\n")
+    (pkg / "distill" / "k.py").write_text("import apd_edge.engine.checkpoint\nfrom .base import D\n")
+    assert sorted((r, t) for r, t, _ in package_imports(pkg)) == [
+        ("distill/k.py", "apd_edge.distill.base"), ("distill/k.py", "apd_edge.engine.checkpoint"),
+        ("runtime/backends/t.py", "apd_edge.checkpoint"), ("runtime/backends/t.py", "apd_edge.engine.trainer"),
+        ("runtime/backends/t.py", "apd_edge.models")]
+    assert layering_violations(pkg) == [
+        "distill/k.py:1 imports apd_edge.engine.checkpoint", "runtime/backends/t.py:2 imports apd_edge.models",
+        "runtime/backends/t.py:5 imports apd_edge.engine.trainer",
+        "runtime/m.py imports torch at module level (the runtime is torch-free; import it where used)"]
+
+
+def test_lower_rooms_never_import_higher_ones() -> None:
+    """No engine from distill, runtime, models, data or the checkpoint module; the runtime imports nothing from
+    models, distill, engine (or any room above it) and no torch at module level."""
+    bad = layering_violations()
+    assert not bad, "layering broken:\n" + "\n".join(bad)

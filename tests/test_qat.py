@@ -178,6 +178,7 @@ def test_qat_run_loads_as_plain_model_and_exports_a_valid_qdq_graph(trained, tmp
     # the conv inputs carry the QAT ranges, not freshly calibrated ones
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["quantization"]["range_overrides"] > 10
+    assert manifest["quantization"]["scheme"] == "weighted"  # only where QAT emulated Q/DQ
     inits = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
     prod = {o: n for n in int8.graph.node for o in n.output}
     checked = 0
@@ -186,7 +187,8 @@ def test_qat_run_loads_as_plain_model_and_exports_a_valid_qdq_graph(trained, tmp
         if node.op_type in ("Conv", "ConvTranspose") and name in q["act_scales"]:
             dq = prod[node.input[0]]
             assert dq.op_type == "DequantizeLinear"
-            assert float(inits[dq.input[1]]) == pytest.approx(q["act_scales"][name], rel=1e-6), name
+            # the TensorRT graph carries FP16 scales: equal up to FP16 rounding (2^-11 relative)
+            assert float(inits[dq.input[1]]) == pytest.approx(q["act_scales"][name], rel=2 ** -11), name
             checked += 1
     assert checked == len(q["quantized"])
 

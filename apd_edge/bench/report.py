@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import tables
+from ..tables import text_table
+
 
 @dataclass
 class Row:
@@ -123,24 +126,11 @@ def format_table(rows: Iterable[Row]) -> str:
     long reason does not widen the measured columns."""
     rows = list(rows)
     header, body = table_rows(rows)
-    widths = []
-    for i, h in enumerate(header):
-        cells = [b[i] for r, b in zip(rows, body) if r.ok or i < REASON_COL]
-        widths.append(max([len(h), *map(len, cells)]))
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    for r, b in zip(rows, body):
-        cells = b if r.ok else b[:REASON_COL + 1]
-        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() if r.ok else
-                   "  ".join([*(c.ljust(w) for c, w in zip(cells[:REASON_COL], widths)), cells[REASON_COL]]))
-    return "\n".join(out)
+    return text_table(header, [b if r.ok else b[:REASON_COL + 1] for r, b in zip(rows, body)])
 
 
 def markdown_table(rows: Iterable[Row]) -> str:
-    header, body = table_rows(rows)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body]
-    return "\n".join(out)
+    return tables.markdown_table(*table_rows(rows))
 
 
 def print_table(rows: list[Row], title: str | None = None, echo=print) -> None:

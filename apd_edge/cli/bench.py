@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..targets import BACKENDS, PRECISIONS
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -11,9 +13,9 @@ def _csv(value: str) -> list[str]:
 
 @click.command()
 @click.argument("artifacts", nargs=-1, type=click.Path())
-@click.option("--backends", default="ort", show_default=True, help="Comma list of torch, ort, trt.")
+@click.option("--backends", default="ort", show_default=True, help=f"Comma list of {', '.join(BACKENDS)}.")
 @click.option("--precisions", default="fp32", show_default=True,
-              help="Comma list of fp32, fp16, int8, fp32_trtfp16 (TensorRT 10: FP32 graph + FP16 flag).")
+              help=f"Comma list of {', '.join(PRECISIONS)} (fp32_trtfp16: TensorRT 10's FP32 graph + FP16 flag).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for the throughput column.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ..targets import ONNX_PRECISIONS
+
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -14,7 +16,7 @@ def _csv(value: str | None) -> list[str] | None:
 @click.command("build")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--precisions", default=None, metavar="LIST",
-              help="Comma list of fp32, fp16, int8 (default: every ONNX precision in the bundle).")
+              help=f"Comma list of {', '.join(ONNX_PRECISIONS)} (default: every ONNX precision in the bundle).")
 @click.option("--workspace-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
               help="TensorRT builder workspace limit.")
 @click.option("--max-batch", type=click.IntRange(1), default=1, show_default=True,

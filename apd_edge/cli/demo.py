@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ..targets import BACKENDS, PRECISIONS
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--source", required=True, help="Camera index (0), video file, image folder, or rtsp/http URL.")
-@click.option("--backend", default="ort", show_default=True, type=click.Choice(["ort", "trt", "torch"]))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8", "fp32_trtfp16"]))
+@click.option("--backend", default="ort", show_default=True, type=click.Choice(BACKENDS))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity in [0, 1].")
 @click.option("--show/--no-show", default=False, show_default=True, help="Open a window (q or Esc quits).")

@@ -41,6 +41,9 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--no-sensitivity", is_flag=True, help="Skip the per-layer INT8 sensitivity analysis.")
 @click.option("--int8-scheme", default="auto", show_default=True, type=click.Choice(["auto", "all", "weighted"]),
               help="Q/DQ on every quantizable op, or on the inputs of weighted layers only; auto measures both.")
+@click.option("--int8-float", default="auto", show_default=True, type=click.Choice(["auto", "fp16", "fp32"]),
+              help="Precision of the INT8 graph's non-INT8 layers on TensorRT; auto: FP16 unless it costs the "
+                   "INT8 target.")
 @click.option("--parity-images", default=128, show_default=True, type=click.IntRange(1),
               help="Val images for the ONNX-vs-PyTorch parity check and mIoU.")
 @click.option("--trt", is_flag=True, help="Build TensorRT engines on this machine's GPU.")
@@ -52,7 +55,7 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch and ONNX Runtime (default: the cores not already busy).")
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
-           plain_int8, int8_max_float, no_sensitivity, int8_scheme, threads, parity_images, trt, data_root, opset,
+           plain_int8, int8_max_float, no_sensitivity, int8_scheme, int8_float, threads, parity_images, trt, data_root, opset,
            preprocess, exclude) -> None:
     """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle.
 
@@ -80,5 +83,6 @@ def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_image
                         trt=trt, data_root=data_root, parity_images=parity_images, opset=opset,
                         preprocess=preprocess, nodes_to_exclude=list(exclude) or None,
                         int8_target=None if plain_int8 else int8_target, int8_max_float=int8_max_float,
-                        int8_sensitivity=not no_sensitivity, int8_scheme=int8_scheme, threads=threads)
+                        int8_sensitivity=not no_sensitivity, int8_scheme=int8_scheme, int8_float=int8_float,
+                        threads=threads)
     click.echo(str(out))

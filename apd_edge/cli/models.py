@@ -31,6 +31,7 @@ def models(size: str, num_classes: int, role: str | None) -> None:
     """List registered models: parameters (inference graph, no auxiliary heads), GMACs, feature map."""
     from ..models import list_models
     from ..models.profile import model_profile
+    from ..tables import text_table
 
     h, w = parse_size(size)
     rows = [model_profile(n, num_classes, (h, w)) for n in list_models(role)]
@@ -42,10 +43,6 @@ def models(size: str, num_classes: int, role: str | None) -> None:
          str(r["feat_stride"]))
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        click.echo("  ".join(c.ljust(wd) if j < 2 else c.rjust(wd) for j, (c, wd) in enumerate(zip(row, widths))))
-        if i == 0:
-            click.echo("  ".join("-" * wd for wd in widths))
+    click.echo(text_table(table[0], table[1:], align="llrrrr"))
     click.echo(f"\n{num_classes} classes; params exclude training-only auxiliary heads; MACs = FLOPs/2 "
                "(torch.utils.flop_counter: convolutions and matmuls).")

@@ -37,9 +37,9 @@ def recipes() -> None:
     """List the packaged recipes, one line each; pass a name wherever a recipe file goes."""
     from ..recipebook import list_recipes, recipes_dir
 
+    from ..tables import text_table
+
     items = list_recipes()
-    width = max(len(name) for name, _ in items)
-    for name, text in items:
-        click.echo(f"{name.ljust(width)}  {text}")
+    click.echo(text_table(None, items))
     click.echo(f"# {len(items)} recipes in {recipes_dir()}; copy one to edit it, or override values with --set",
                err=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_checkpoint
 from ..config import Recipe
 from ..errors import ApdError
 
@@ -57,12 +58,6 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -
 def _check_file(path: str) -> None:
     if not Path(path).exists():
         raise ApdError(f"teacher.checkpoint not found: {path}")
-
-
-def load_checkpoint(path: str) -> dict:
-    from ..engine.checkpoint import load_checkpoint as _load  # lazy: engine imports distill
-
-    return _load(path)
 
 
 # ------------------------------------------------------------------------------ registry teachers

@@ -123,7 +123,7 @@ def evaluate_checkpoint(source: str | Path, *, data: str | None = None, override
     """Evaluate a checkpoint (file or run folder). Returns the metrics plus ``class_names`` and ``table``."""
     from ..data import build_dataset, build_loader
     from ..metrics import scored_classes
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
     from .distributed import resolve_device
 
     ckpt = load_checkpoint(source)

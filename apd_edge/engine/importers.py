@@ -305,7 +305,7 @@ def import_weights(path: str | Path, fmt: str | None = None, *, out: str | Path 
     from ..config import DataConfig, ModelConfig, Recipe, recipe_from_dict, recipe_to_dict, save_recipe
     from ..models import build_model
     from ..runtime.manifest import sha256_file
-    from .checkpoint import save_checkpoint
+    from ..checkpoint import save_checkpoint
     from .run import point_latest, write_summary
 
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..tables import markdown_table
 from .report import read_metrics
 
 # ------------------------------------------------------------------------------------------------
@@ -287,29 +288,25 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
         lines += ["## Teacher gap", "",
                   f"Teacher `{teacher['model']}` {teacher['kwargs']}: val mIoU {_fmt(teacher['final_miou'])} at step "
                   f"{teacher['steps']} of {teacher['iterations']}"
-                  + (f" ({teacher['wall_time_s'] / 60:.1f} min)" if teacher.get("wall_time_s") else "") + ".", "",
-                  "| student | teacher | none (mean over seeds) | gap | >= 15 |", "|---|---|---|---|---|"]
-        for st, g in gaps.items():
-            ok = "–" if g["gap"] is None else ("yes" if g["gap"] >= 15 else "no")
-            lines.append(f"| {st} | {_fmt(g['teacher'])} | {_fmt(g['none'])} | {_fmt(g['gap'])} | {ok} |")
-        lines.append("")
+                  + (f" ({teacher['wall_time_s'] / 60:.1f} min)" if teacher.get("wall_time_s") else "") + ".", ""]
+        ok = lambda gap: "–" if gap is None else ("yes" if gap >= 15 else "no")  # noqa: E731
+        lines += [markdown_table(("student", "teacher", "none (mean over seeds)", "gap", ">= 15"),
+                                 [(st, _fmt(g["teacher"]), _fmt(g["none"]), _fmt(g["gap"]), ok(g["gap"]))
+                                  for st, g in gaps.items()]), ""]
     for st in students:
+        seeds = [f"seed {s}" for s in plan.seeds]
+        final, methods = res[st]["final"], res[st]["methods"]
         lines += [f"## {st}", "", "Final val mIoU per seed:", "",
-                  "| method | " + " | ".join(f"seed {s}" for s in plan.seeds) + " | mean | sd |",
-                  "|---|" + "---|" * (len(plan.seeds) + 2)]
-        for m in plan.methods:
-            row = res[st]["final"][m]
-            mm = res[st]["methods"][m]
-            lines.append(f"| {m} | " + " | ".join(_fmt(row[s]) for s in plan.seeds)
-                         + f" | **{_fmt(mm['mean'])}** | {_fmt(mm['sd'])} |")
+                  markdown_table(["method", *seeds, "mean", "sd"],
+                                 [[m, *(_fmt(final[m][s]) for s in plan.seeds), f"**{_fmt(methods[m]['mean'])}**",
+                                   _fmt(methods[m]["sd"])] for m in plan.methods])]
         if res[st]["paired"]:
+            iv = lambda c: f"[{_fmt(c['low'], True)}, {_fmt(c['high'], True)}]" if c["low"] is not None else "–"  # noqa: E731
             lines += ["", f"Paired differences {reference} − method, per seed, and their 95 % t-interval:", "",
-                      "| method | " + " | ".join(f"seed {s}" for s in plan.seeds) + " | mean | sd | 95 % interval |",
-                      "|---|" + "---|" * (len(plan.seeds) + 3)]
-            for m, c in res[st]["paired"].items():
-                iv = f"[{_fmt(c['low'], True)}, {_fmt(c['high'], True)}]" if c["low"] is not None else "–"
-                lines.append(f"| {m} | " + " | ".join(_fmt(c["per_seed"].get(s), True) for s in plan.seeds)
-                             + f" | **{_fmt(c['mean'], True)}** | {_fmt(c['sd'])} | {iv} |")
+                      markdown_table(["method", *seeds, "mean", "sd", "95 % interval"],
+                                     [[m, *(_fmt(c["per_seed"].get(s), True) for s in plan.seeds),
+                                       f"**{_fmt(c['mean'], True)}**", _fmt(c["sd"]), iv(c)]
+                                      for m, c in res[st]["paired"].items()])]
         lines += ["", "Learning curve (mean val mIoU over the seeds that reached each step; gain per 100 steps "
                       "over the first and last eval interval):", ""]
         for m in plan.methods:
@@ -321,12 +318,12 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
         lines.append("")
     if speed:
         lines += ["## Wall time and teacher sharing", "",
-                  "| stream | runs (distilling) | steps | wall | teacher | runs' own compute | same runs apart "
-                  "(estimate) | speed-up |", "|---|---|---|---|---|---|---|---|"]
-        for label, s in speed.items():
-            lines.append(f"| {label} | {s['runs']} ({s['distilling_runs']}) | {s['steps']} | {s['wall_s'] / 60:.1f} min "
-                         f"| {s['teacher_s'] / 60:.1f} min | {s['runs_s'] / 60:.1f} min | "
-                         f"{s['estimated_apart_s'] / 60:.1f} min | {s['estimated_speedup']:.2f}x |")
+                  markdown_table(("stream", "runs (distilling)", "steps", "wall", "teacher", "runs' own compute",
+                                  "same runs apart (estimate)", "speed-up"),
+                                 [(label, f"{s['runs']} ({s['distilling_runs']})", s["steps"],
+                                   f"{s['wall_s'] / 60:.1f} min", f"{s['teacher_s'] / 60:.1f} min",
+                                   f"{s['runs_s'] / 60:.1f} min", f"{s['estimated_apart_s'] / 60:.1f} min",
+                                   f"{s['estimated_speedup']:.2f}x") for label, s in speed.items()])]
         lines += ["", "\"Apart\" adds one teacher forward per batch for every distilling run (what separate "
                       "`apd-edge distill` runs compute); wall times include whatever else ran on the machine.", ""]
     if measured:

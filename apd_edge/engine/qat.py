@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import IGNORE_INDEX, Recipe, RecipeError, _build, _parse_override, recipe_from_dict, recipe_to_dict
 from ..errors import ApdError, suggest
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .fakequant import (QMAX, QMIN, activation_scales, fp32_state_dict, freeze_batchnorm, insert_fake_quant,
                         load_activation_scales, quantizable_convs, set_observing)
 from .run import MetricsLog, point_latest, prepare_run_dir, write_recipe, write_summary
@@ -176,7 +176,7 @@ class QATRun:
         self.log = _log(progress)
         src = Path(source)
         if src.is_dir():
-            src = next((src / c for c in ("best.pt", "last.pt") if (src / c).is_file()), src / "best.pt")
+            src = find_checkpoint(src) or src / "best.pt"
         if not src.is_file():
             raise ApdError(f"checkpoint not found: {src} (pass a run folder or a .pt file from `apd-edge train`)")
         self.source = src.resolve()

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import checkpoint_file
 from ..config import Recipe, load_recipe
 from ..recipebook import packaged_recipe
+from ..tables import text_table
 
 
 def _recipe(name: str, overrides: list[str]) -> Recipe:
@@ -45,7 +47,7 @@ def run_quickstart(out: str | Path = "runs", fast: bool = False, progress: bool 
     extra = _fast_overrides(t_rec) if fast else []
     t_rec = _recipe("quickstart_teacher", base + extra + [f"name={_free_name(out, t_rec.name)}"])
     t_dir = train(t_rec, progress=progress)
-    t_ckpt = t_dir / "best.pt" if (t_dir / "best.pt").is_file() else t_dir / "last.pt"
+    t_ckpt = checkpoint_file(t_dir)
     t_time = time.perf_counter() - t0
 
     s_rec = _recipe("quickstart", base + [f"teacher.checkpoint={t_ckpt}"])
@@ -73,8 +75,5 @@ def format_table(res: dict[str, Any]) -> str:
             ("teacher", t["model"], f"{100 * t['miou']:.2f}", f"{t['params'] / 1e6:.3f} M", f"{t['seconds']:.0f}"),
             (f"student ({s['method']})", s["model"], f"{100 * s['miou']:.2f}", f"{s['params'] / 1e6:.3f} M",
              f"{s['seconds']:.0f}")]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"total {res['wall_time_s']:.0f} s; runs: {t['run']}, {s['run']}")
-    return "\n".join(lines)
+    return (text_table(rows[0], rows[1:], align="llrrr")
+            + f"\ntotal {res['wall_time_s']:.0f} s; runs: {t['run']}, {s['run']}")

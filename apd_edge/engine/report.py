@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..tables import text_table
+
 #: keys of a train record in metrics.jsonl that are not loss terms
 _NOT_LOSS = {"type", "step", "lr", "img_s", "time"}
 
@@ -106,18 +108,11 @@ def per_class_table(summary: dict[str, Any]) -> str:
     if not final and not best:
         return ""
     names = list((final or best).keys())
-    width = max([len(n) for n in names] + [5])
-    pct = lambda v: "    -" if v is None else f"{100 * v:5.1f}"  # noqa: E731
-    head = f"{'class':<{width}}  {'final':>5}"
-    if best:
-        head += f"  {'best':>5}  (best = step {summary.get('best_step')})"
-    lines = [head]
-    for n in names:
-        line = f"{n:<{width}}  {pct((final or {}).get(n))}"
-        if best:
-            line += f"  {pct(best.get(n))}"
-        lines.append(line)
-    return "\n".join(lines)
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    head = ["class", "final"] + (["best"] if best else [])
+    body = [[n, pct((final or {}).get(n))] + ([pct(best.get(n))] if best else []) for n in names]
+    text = text_table(head, body, align="lrr", rule=False)
+    return text.replace("\n", f"  (best = step {summary.get('best_step')})\n", 1) if best else text
 
 
 def finish_run_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +188,4 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
          pct(r.get("final_miou")), r["status"], r["modified"])
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(table[0], table[1:])

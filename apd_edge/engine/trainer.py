@@ -23,10 +23,10 @@ from torch import nn
 
 from ..config import Recipe, recipe_to_dict
 from ..errors import ApdError
-from .checkpoint import check_shapes, load_checkpoint, save_checkpoint
+from ..checkpoint import check_shapes, load_checkpoint, save_checkpoint
 from .distributed import (DistInfo, all_reduce_mean, any_true, average_gradients, barrier, broadcast_parameters,
                           cleanup, convert_sync_bn, init_distributed)
-from .guard import WEIGHT_LIMIT, all_finite, describe_nonfinite, nonfinite_in, nonfinite_names
+from ..guard import WEIGHT_LIMIT, all_finite, describe_nonfinite, nonfinite_in, nonfinite_names
 from .report import exclude_from_eta, finish_run_report
 from .run import MetricsLog, open_run_dir, point_latest, write_recipe, write_summary
 from .schedule import WarmupPolyLR

@@ -20,10 +20,10 @@ from typing import Callable, Sequence
 from ..errors import ApdError
 from ..runtime.integrity import backend_io, check_model_io
 from ..runtime.manifest import file_entry, load_manifest, save_manifest, verify_file
+from ..targets import ONNX_PRECISIONS
 from .samples import load_samples, sample_parity
 from .tensorrt import TIMING_CACHE, engine_plan, profile_plan
 
-BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_MAJORS_PLANNED = ("10", "11")  # what --dry-run plans for when TensorRT is not installed
 FP32_REPRODUCE = 99.9  # % of stored FP32 labels ONNX Runtime on the device should reproduce
 
@@ -49,11 +49,11 @@ def check_bundle(bundle: str | Path, precisions: Sequence[str] | None = None) ->
     if not onnx:
         raise ApdError(f"bundle {folder} has no ONNX files to build engines from")
     if precisions is None:
-        precisions = [p for p in BUNDLE_PRECISIONS if p in onnx]
+        precisions = [p for p in ONNX_PRECISIONS if p in onnx]
     precisions = list(dict.fromkeys(precisions))
     for p in precisions:
-        if p not in BUNDLE_PRECISIONS:
-            raise ApdError(f"unknown precision {p!r}; choose from {', '.join(BUNDLE_PRECISIONS)}")
+        if p not in ONNX_PRECISIONS:
+            raise ApdError(f"unknown precision {p!r}; choose from {', '.join(ONNX_PRECISIONS)}")
         if p not in onnx:
             raise ApdError(f"bundle {folder} has no {p} ONNX (has: {', '.join(onnx)}); "
                            f"export it with --{p} on the training machine")

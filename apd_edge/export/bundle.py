@@ -25,28 +25,25 @@ from ..data.scoring import describe_selection
 from ..runtime.backends.ort import OrtBackend
 from ..runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_entry, save_manifest, sha256_file
 from ..runtime.preprocess import preprocess_image
+from ..targets import ONNX_PRECISIONS
 from .int8 import CALIB_CACHE, DEFAULT_MAX_FLOAT, DEFAULT_TARGET_DROP, SENSITIVITY_JSON, SENSITIVITY_MD
 from .parity import FP32_MIN_AGREEMENT, parity_table, pick_indices, run_parity
 
 # files an export writes (replaced by a re-export, never carried over from the previous bundle)
 OWN_FILES = ("manifest.json", "samples.npz", "calibration.npz", "int8_sensitivity.json", "int8_sensitivity.md")
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
-PRECISIONS = tuple(ONNX_FILES)
+ONNX_FILES = dict(zip(ONNX_PRECISIONS, ("model.onnx", "model_fp16.onnx", "model_int8.onnx")))
+PRECISIONS = ONNX_PRECISIONS
 DEFAULT_PARITY_IMAGES = 128  # covers CamVid val (101) whole; larger val sets are sampled evenly
 
 
 def resolve_checkpoint(source: str | Path | None) -> Path:
     """A checkpoint file from a file, a run folder (best.pt, else last.pt) or None (runs/latest)."""
+    from ..checkpoint import checkpoint_file
+
     p = Path(source) if source is not None else Path("runs") / "latest"
-    if p.is_dir():
-        for cand in ("best.pt", "last.pt"):
-            if (p / cand).is_file():
-                return (p / cand).resolve()
-        raise ApdError(f"no best.pt or last.pt in run folder {p}")
-    if not p.is_file():
-        hint = " (train a model first, or pass a checkpoint)" if source is None else ""
-        raise ApdError(f"checkpoint not found: {p}{hint}")
-    return p.resolve()
+    if source is None and not p.exists():
+        raise ApdError(f"checkpoint not found: {p} (train a model first, or pass a checkpoint)")
+    return checkpoint_file(p).resolve()
 
 
 def _round_up32(v: int) -> int:
@@ -232,6 +229,7 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                   int8_target: float | None = DEFAULT_TARGET_DROP, int8_sensitivity: bool | str = True,
                   int8_max_float: float = DEFAULT_MAX_FLOAT, sensitivity_images: int = 8,
                   threads: int | None = None, qat_ranges: bool = True, int8_scheme: str = "auto",
+                  int8_float: str = "auto",
                   _stage: _Stage | None = None) -> Path:
     """Export a checkpoint (file, run folder, or ``runs/latest``) into a bundle folder; returns its path.
 
@@ -239,7 +237,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
     calibration method chosen by measured error (``calib_method="auto"``), a per-group sensitivity ranking
     on held-out val images, and mixed precision until the mIoU drop against the FP32 ONNX on the parity
     images is at most ``int8_target`` points (None: plain INT8). A model that misses the target is still
-    written and marked in the manifest.
+    written and marked in the manifest. ``int8_float`` (auto, fp16, fp32): the INT8 graph's non-INT8 layers in FP16
+    (FP16 scales, so they run in FP16 on TensorRT) or FP32; auto keeps FP16 unless it costs the target.
 
     Fails with ApdError on bad input, when INT8 calibration has no real dataset, and when FP32 parity
     (argmax agreement with PyTorch) is under 99.9 %. A QAT checkpoint's activation ranges replace the
@@ -286,7 +285,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
                                    calib_method=calib_method, int8_target=int8_target,
                                    int8_sensitivity=int8_sensitivity, sensitivity_images=sensitivity_images,
                                    int8_max_float=int8_max_float, nodes_to_exclude=nodes_to_exclude,
-                                   threads=threads, qat_ranges=qat_ranges, int8_scheme=int8_scheme, log=log)
+                                   threads=threads, qat_ranges=qat_ranges, int8_scheme=int8_scheme,
+                                   int8_float=int8_float, log=log)
 
     images, parity_src = _parity_images(recipe, val_ds, val_items, parity_images, prep)
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
@@ -350,7 +350,7 @@ class _Source:
 
 def _load_source(source: str | Path | None, data_root: str | Path | None, log: Callable[[str], None]) -> _Source:
     from ..config import recipe_from_dict
-    from ..engine.checkpoint import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
 
     ckpt_path = resolve_checkpoint(source)
     log(f"loading {ckpt_path}")
@@ -429,7 +429,7 @@ def _int8_step(src: _Source, out: Path, files: list[dict], train_ds, val_items, 
                scored: int | None, *, calib_images: int, calib_method: str, int8_target: float | None,
                int8_sensitivity: bool | str, sensitivity_images: int, int8_max_float: float,
                nodes_to_exclude: Sequence[str] | None, threads: int | None, qat_ranges: bool, int8_scheme: str,
-               log: Callable[[str], None]) -> dict:
+               int8_float: str, log: Callable[[str], None]) -> dict:
     """Calibrate and build the INT8 graph(s) (``int8.build_int8``); appends their file entries to ``files`` and
     returns the quantization summary (``manifest["quantization"]``)."""
     from .int8 import build_int8
@@ -449,13 +449,15 @@ def _int8_step(src: _Source, out: Path, files: list[dict], train_ds, val_items, 
 
         overrides = qat_range_overrides(src.ckpt["qat"])
         log("using the QAT checkpoint's activation ranges for the conv inputs it quantized")
+        if int8_scheme == "auto":  # QAT emulated Q/DQ on conv inputs only: quantize exactly those
+            int8_scheme = "weighted"
     desc = {"dataset": recipe.data.dataset, "root": str(recipe.data.root), "split": recipe.data.train_split,
             "options": dict(recipe.data.options), "indices": idx, "preprocess": prep}
     q = build_int8(out / ONNX_FILES["fp32"], out, calib_inputs=calib_inputs, calib_desc=desc, ev=ev,
                    method=calib_method, target_drop=int8_target, sensitivity=int8_sensitivity,
                    sensitivity_images=sensitivity_images, max_float=int8_max_float,
                    nodes_to_exclude=nodes_to_exclude or (), threads=threads,
-                   range_overrides=overrides, scheme=int8_scheme, log=log)
+                   range_overrides=overrides, scheme=int8_scheme, float_precision=int8_float, log=log)
     del ev
     gate = q["target"]
     if gate["met"] is False:  # the model is still written; say so plainly, whatever the verbosity

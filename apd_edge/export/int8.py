@@ -10,7 +10,9 @@
    and ``int8_sensitivity.md``);
 4. mixed precision: the most sensitive groups stay float (FP16 on TensorRT) until the mIoU drop against the
    FP32 ONNX on the parity images is within the target, or the float budget is spent;
-5. the gate: a model that misses the target is still written, marked ``target.met = false`` in the manifest;
+5. the TensorRT graph is written with FP16 scales and FP16 float layers (``int8_fp16.py``; ``fp32`` keeps
+   them FP32) and scored again; the gate: a model that misses the target is still written, marked
+   ``target.met = false`` in the manifest;
 6. a uint8-activation copy of the chosen graph for ONNX Runtime's CPU (``model_int8_cpu.onnx``).
 """
 
@@ -30,6 +32,7 @@ from ..errors import ApdError
 from ..metrics import ConfusionMatrix
 from ..runtime.postprocess import logits_to_labels
 from .calibrate import CALIB_METHODS, HistogramCollector, cache_key, collect_histograms, tensors_to_calibrate
+from .int8_fp16 import qdq_to_fp16
 from .quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, assert_qdq_conformance, classifier_nodes, float_groups,
                        prepare_for_quantization, quantizable_nodes, quantize_int8, to_cpu_variant)
 
@@ -39,6 +42,8 @@ SENSITIVITY_MD = "int8_sensitivity.md"
 INT8_FILE, INT8_CPU_FILE = "model_int8.onnx", "model_int8_cpu.onnx"
 DEFAULT_TARGET_DROP = 0.5  # mIoU points against the FP32 ONNX on the parity images
 DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stays float
+FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
+FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)  # what the TensorRT graph's non-INT8 layers compute in
 SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
 
 
@@ -124,21 +129,21 @@ def _error(s: dict) -> tuple[float, float]:
 
 def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
     """A Markdown table of the sensitivity ranking (most sensitive first)."""
-    lines = ["| rank | node | op | error removed (% px) | disagreement left (% px) | rel. logit RMSE left |",
-             "|---:|---|---|---:|---:|---:|"]
-    for r in rows[:top]:
-        lines.append(f"| {r['rank']} | `{r['node']}` | {r['op']} | {r['gain']:+.3f} | {r['disagreement']:.3f} | "
-                     f"{r['rel_rmse']:.4f} |")
+    from ..tables import markdown_table
+
+    body = [(r["rank"], f"`{r['node']}`", r["op"], f"{r['gain']:+.3f}", f"{r['disagreement']:.3f}", f"{r['rel_rmse']:.4f}")
+            for r in rows[:top]]
     if len(rows) > top:
-        lines.append(f"| ... | {len(rows) - top} more in {SENSITIVITY_JSON} | | | | |")
-    return "\n".join(lines)
+        body.append(("...", f"{len(rows) - top} more in {SENSITIVITY_JSON}", "", "", "", ""))
+    return markdown_table(("rank", "node", "op", "error removed (% px)", "disagreement left (% px)",
+                           "rel. logit RMSE left"), body, align="rllrrr")
 
 
 def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Callable[[], Iterable[np.ndarray]],
                calib_desc: dict, ev: EvalSet, method: str = "auto", target_drop: float | None = DEFAULT_TARGET_DROP,
                sensitivity: bool | str = True, sensitivity_images: int = 8, max_float: float = DEFAULT_MAX_FLOAT,
                nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999, threads: int | None = None,
-               cpu_variant: bool = True, scheme: str = "auto",
+               cpu_variant: bool = True, scheme: str = "auto", float_precision: str = "auto",
                range_overrides: Callable[[onnx.ModelProto], dict[str, float]] | None = None,
                log: Callable[[str], None] = lambda s: None) -> dict:
     """Write ``model_int8.onnx`` (+ ``model_int8_cpu.onnx``) into ``out_dir``; returns the manifest section.
@@ -149,8 +154,13 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
     against the FP32 ONNX that plain INT8 may have before groups are kept in float (None: no mixed precision).
     ``range_overrides(prepared graph) -> {tensor: amax}`` replaces calibrated ranges (a QAT checkpoint's
     frozen activation ranges) whatever the method. ``sensitivity="auto"`` ranks the groups only when plain
-    INT8 misses the target (mixed precision needs the ranking).
+    INT8 misses the target (mixed precision needs the ranking). ``float_precision="fp16"`` writes the TensorRT
+    graph with FP16 scales and FP16 float layers (``int8_fp16.qdq_to_fp16``): what is not INT8 runs in FP16
+    on TensorRT; the search runs on the FP32-scale graphs and the FP16 graph is scored again. ``"auto"``
+    keeps FP16 unless it loses the target FP32 float layers meet or costs more than ``FP16_TOLERANCE``.
     """
+    if float_precision not in FLOAT_PRECISIONS:
+        raise ApdError(f"unknown INT8 float precision {float_precision!r}; choose {', '.join(FLOAT_PRECISIONS)}")
     if scheme != "auto" and scheme not in SCHEMES:
         raise ApdError(f"unknown quantization scheme {scheme!r}; choose auto, {', '.join(SCHEMES)}")
     if method != "auto" and method not in CALIB_METHODS:
@@ -296,11 +306,27 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
 
         # 5. write the chosen graph (TensorRT rules checked) and its CPU twin
         dst = out_dir / INT8_FILE
-        shutil.copyfile(final_path, dst)
+        fp16_info, used = None, "fp32"
+        if float_precision in ("fp16", "auto"):
+            fp16_path = tmp / "int8_fp16.onnx"
+            fp16_info = qdq_to_fp16(final_path, fp16_path)
+            s16 = scorer.score(fp16_path)
+            fp16_info["score"] = s16
+            log("INT8 with FP16 float layers: " + _describe(s16))
+            if float_precision == "fp16" or auto_keeps_fp16(s16.get("miou_drop"), final.get("miou_drop"), target_drop):
+                used = "fp16"
+                fp16_info["fp32_scales"] = final
+                final = s16
+                if met is not None:
+                    met = final["miou_drop"] <= target_drop
+            else:
+                log(f"  FP16 float layers cost {s16['miou_drop'] - final['miou_drop']:.2f} mIoU: the TensorRT graph "
+                    "keeps FP32 float layers (--int8-float fp16 forces FP16)")
+        shutil.copyfile(fp16_path if used == "fp16" else final_path, dst)
         qdq_report = assert_qdq_conformance(dst, classifier=cls_nodes[:1] or None)
         cpu = None
-        if cpu_variant:
-            cpu = to_cpu_variant(dst, out_dir / INT8_CPU_FILE, output_ranges=ranges)
+        if cpu_variant:  # from the FP32-scale graph: ONNX Runtime's CPU kernels have no FP16
+            cpu = to_cpu_variant(final_path, out_dir / INT8_CPU_FILE, output_ranges=ranges)
             twin = scorer.score(out_dir / INT8_CPU_FILE, sens_idx[:4] or [0])
             same = scorer.score(dst, sens_idx[:4] or [0])
             cpu["disagreement_vs_fp32"] = twin["disagreement"]
@@ -318,6 +344,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         "per_channel": True, "symmetric": True, "quantize_bias": False,
         "classifier_nodes": cls_nodes, "excluded_by_user": list(nodes_to_exclude),
         "groups": len(groups), "float_nodes": floated, "float_layers": len(floated),
+        "float_precision": used, "float_precision_choice": float_precision, "fp16": fp16_info,
         "plain": full, "final": final,
         "target": {"metric": "miou_drop_vs_fp32_onnx", "max_drop": target_drop, "met": met,
                    "drop": final.get("miou_drop"), "images": len(ev.inputs),
@@ -329,6 +356,16 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         "qdq_check": qdq_report, "seconds": round(time.perf_counter() - t_start, 1),
     }
     return section
+
+
+def auto_keeps_fp16(drop_fp16: float | None, drop_fp32: float | None, target: float | None) -> bool:
+    """``--int8-float auto``: FP16 float layers unless they lose the target that FP32 ones meet, or cost more
+    than ``FP16_TOLERANCE`` mIoU points beyond them (drops in points against the FP32 ONNX)."""
+    if drop_fp16 is None or drop_fp32 is None:
+        return True  # nothing measured (no labels): FP16, the fast graph
+    if target is not None and drop_fp32 <= target < drop_fp16:
+        return False
+    return drop_fp16 - drop_fp32 <= FP16_TOLERANCE
 
 
 def _describe(s: dict) -> str:

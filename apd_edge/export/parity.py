@@ -87,14 +87,13 @@ def run_parity(model: torch.nn.Module, backends: dict[str, object], images: Sequ
 
 
 def parity_table(parity: dict[str, dict]) -> str:
-    """A fixed-width table of parity results (mIoU in %)."""
+    """An aligned text table of parity results (mIoU in %)."""
+    from ..tables import text_table
+
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    rows = [f"{'precision':<10} {'images':>6} {'max|dlogit|':>11} {'mean|dlogit|':>12} {'agree %':>8} "
-            f"{'mIoU torch':>10} {'mIoU onnx':>9} {'delta':>6}"]
-    for p, r in parity.items():
-        rows.append(f"{p:<10} {r['images']:>6} {f(r['max_abs_diff'], '.2e'):>11} {f(r['mean_abs_diff'], '.2e'):>12} "
-                    f"{f(r['agreement'], '.3f'):>8} {f(r['miou_torch'], '.2f'):>10} {f(r['miou'], '.2f'):>9} "
-                    f"{f(r['miou_delta'], '+.2f'):>6}")
-    return "\n".join(rows)
+    head = ("precision", "images", "max|dlogit|", "mean|dlogit|", "agree %", "mIoU torch", "mIoU onnx", "delta")
+    body = [(p, r["images"], f(r["max_abs_diff"], ".2e"), f(r["mean_abs_diff"], ".2e"), f(r["agreement"], ".3f"),
+             f(r["miou_torch"], ".2f"), f(r["miou"], ".2f"), f(r["miou_delta"], "+.2f")) for p, r in parity.items()]
+    return text_table(head, body, align="lrrrrrrr", rule=False)

@@ -91,7 +91,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, manifest: dict,
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ApdError(f"TensorRT cannot parse {onnx_path}: {errs[:400]}")
+        hint = ""
+        fp16_qdq = (manifest.get("quantization") or {}).get("float_precision") == "fp16"
+        if fp16_qdq and Path(onnx_path).name.startswith("model_int8"):
+            hint = ("; this INT8 graph has FP16 Q/DQ scales (opset 19): if this TensorRT rejects them, re-export with "
+                    "--int8-float fp32")
+        raise ApdError(f"TensorRT cannot parse {onnx_path}: {errs[:400]}{hint}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     builder_flags = []

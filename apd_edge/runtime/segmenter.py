@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ApdError
+from ..targets import BACKENDS
 from .backends import list_backends
 from .integrity import backend_io, check_model_io
 from .manifest import find_file, load_manifest, verify_file
 from .postprocess import postprocess, restore_logits
 from .preprocess import PrepMeta, preprocess_from_manifest
-
-BACKENDS = ("ort", "trt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8", "fp32_trtfp16")
 
 
 class Segmenter:
