@@ -14,7 +14,7 @@ never see the change. Around it, ours:
   (with or without the passes their FP16 outputs are bit-identical; MobileNetV2's Clip bounds 0 and 6
   become initializers instead of Constant nodes), other models may.
 - the graph is put back in topological order (the converter appends its casts at the end of the node
-  list, which the ONNX checker and TensorRT's parser refuse), shapes are re-inferred strictly, the
+  list, which the ONNX checker refuses), shapes are re-inferred strictly, the
   checker runs, and ``check_fp16`` verifies the result against the source.
 """
 
