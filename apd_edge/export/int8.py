@@ -42,7 +42,7 @@ SENSITIVITY_MD = "int8_sensitivity.md"
 INT8_FILE, INT8_CPU_FILE = "model_int8.onnx", "model_int8_cpu.onnx"
 DEFAULT_TARGET_DROP = 0.5  # mIoU points against the FP32 ONNX on the parity images
 DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stays float
-FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
+INT8_FLOAT_CHOICES = ("auto", "fp16", "fp32")
 FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)  # what the TensorRT graph's non-INT8 layers compute in
 SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
 
@@ -159,8 +159,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
     on TensorRT; the search runs on the FP32-scale graphs and the FP16 graph is scored again. ``"auto"``
     keeps FP16 unless it loses the target FP32 float layers meet or costs more than ``FP16_TOLERANCE``.
     """
-    if float_precision not in FLOAT_PRECISIONS:
-        raise ApdError(f"unknown INT8 float precision {float_precision!r}; choose {', '.join(FLOAT_PRECISIONS)}")
+    if float_precision not in INT8_FLOAT_CHOICES:
+        raise ApdError(f"unknown INT8 float precision {float_precision!r}; choose {', '.join(INT8_FLOAT_CHOICES)}")
     if scheme != "auto" and scheme not in SCHEMES:
         raise ApdError(f"unknown quantization scheme {scheme!r}; choose auto, {', '.join(SCHEMES)}")
     if method != "auto" and method not in CALIB_METHODS:
