@@ -47,7 +47,6 @@ def make_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
     bundle, ckpt, data = base / "bundle", base / "tiny.pt", base / "data"
     if (bundle / "manifest.json").is_file():
         return bundle, ckpt, data
-    pytest.importorskip("apd_edge.export.bundle", reason="export_bundle not available yet")
     import torch
 
     from apd_edge.config import Recipe, recipe_to_dict
