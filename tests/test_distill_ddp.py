@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from apd_edge.distill import build_distiller
 from apd_edge.distill.apd import TeacherProjector
-from distill_helpers import TinySeg, make_recipe
+from helpers.distill import TinySeg, make_recipe
 
 C = 3
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from test_engine_train import _one_thread, tiny_recipe  # noqa: F401  (fixture)
+from helpers.training import tiny_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

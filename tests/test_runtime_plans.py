@@ -193,7 +193,7 @@ def test_trt_backend_without_tensorrt_is_one_line(tmp_path, monkeypatch):
         trt_mod.TrtBackend(engine, {"gpu_name": "x"})
 
 
-def test_trt_engine_agrees_with_onnx_runtime(tmp_path_factory, tmp_path):
+def test_trt_engine_agrees_with_onnx_runtime(request, tmp_path):
     """Build the FP32 engine of a tiny bundle and run it through the Segmenter: labels agree with ORT.
 
     Needs TensorRT, cuda-python and an NVIDIA GPU; elsewhere it skips, naming what is missing."""
@@ -205,10 +205,9 @@ def test_trt_engine_agrees_with_onnx_runtime(tmp_path_factory, tmp_path):
         pytest.skip(f"needs TensorRT + cuda-python + an NVIDIA GPU: {exc}")
     from apd_edge.export.build import build_bundle
     from apd_edge.runtime import Segmenter
-    from export_helpers import tiny_bundle
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle(tmp_path_factory), bundle)  # the shared bundle stays engine-free
+    shutil.copytree(request.getfixturevalue("tiny_bundle"), bundle)  # the shared bundle stays engine-free
     build_bundle(bundle, ["fp32"], workspace_gb=1.0, log=lambda _: None)
     img = np.random.default_rng(2).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     trt_seg = Segmenter.from_bundle(bundle, backend="trt", device="cuda")

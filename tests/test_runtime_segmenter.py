@@ -13,14 +13,13 @@ import pytest
 
 from apd_edge.errors import ApdError
 from apd_edge.runtime import Segmenter, list_backends
-from export_helpers import tiny_bundle
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory)
+def bundle(tiny_bundle):
+    return tiny_bundle  # conftest.py: exported once per session
 
 
 def _image(seed: int = 3) -> np.ndarray:
