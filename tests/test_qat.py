@@ -25,7 +25,6 @@ from apd_edge.export.qat import module_of_node
 from helpers.training import TINY, tiny_recipe
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 

@@ -15,7 +15,6 @@ from apd_edge.errors import ApdError
 from helpers.training import TINY, tiny_recipe
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
