@@ -34,3 +34,32 @@ def _torch_threads():
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny convolutions gain nothing from a second thread, and on a busy
+    machine two OpenMP threads waiting on each other make a step 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A random-init ESPNet bundle (10 synthetic classes, 64x96, FP32/FP16/INT8), exported once per session.
+    Shared: a test that changes it works on a copy."""
+    from helpers.bundles import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+@pytest.fixture(scope="session")
+def folder_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(bundle, checkpoint, data root): ESPNet on a 4-class folder dataset, 64x64, FP32/INT8; once per session."""
+    from helpers.bundles import build_folder_bundle
+
+    return build_folder_bundle(tmp_path_factory.mktemp("folder_bundle"))

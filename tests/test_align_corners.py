@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from apd_edge.config import RecipeError, recipe_from_dict
 from apd_edge.distill import build_distiller
 from apd_edge.distill.kd import pixel_kd_loss
-from distill_helpers import TinySeg
+from helpers.distill import TinySeg
 
 C = 4
 

@@ -1,6 +1,6 @@
 """``apd-edge bench`` end to end on a tiny exported ESPNet (4 classes, 64x64) with ONNX Runtime.
 
-``make_tiny_bundle`` is shared with the demo tests (built once per session under pytest's base temp).
+The bundle is conftest.py's ``folder_bundle`` (shared with the demo and reliability tests).
 """
 
 from __future__ import annotations
@@ -17,66 +17,12 @@ import pytest
 
 from apd_edge.errors import ApdError
 
-CLASSES = ["road", "car", "sky", "tree"]
-PALETTE = [[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]]
-
-
-def _write_folder_dataset(root: Path) -> None:
-    import cv2
-    import yaml
-
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.yaml").write_text(yaml.safe_dump({"names": CLASSES, "palette": PALETTE}))
-    for split, n in (("train", 4), ("val", 3)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            m = np.zeros((64, 64), np.uint8)
-            m[:, 20 + 4 * i:] = 1
-            m[36:, :] = 2
-            m[44:56, 30:60] = 3
-            img = (np.array(PALETTE, np.uint8)[m] // 2 + rng.integers(0, 80, (64, 64, 3), dtype=np.uint8))
-            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img[..., ::-1])
-            cv2.imwrite(str(root / "masks" / split / f"{i}.png"), m)
-
-
-def make_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
-    """(bundle, checkpoint, data root): ESPNet, 4 classes, 64x64, fp32 + int8 ONNX. Cached under ``base``."""
-    base = Path(base) / "tiny_espnet"
-    bundle, ckpt, data = base / "bundle", base / "tiny.pt", base / "data"
-    if (bundle / "manifest.json").is_file():
-        return bundle, ckpt, data
-    pytest.importorskip("apd_edge.export.bundle", reason="export_bundle not available yet")
-    import torch
-
-    from apd_edge.config import Recipe, recipe_to_dict
-    from apd_edge.engine.checkpoint import save_checkpoint
-    from apd_edge.export import export_bundle
-    from apd_edge.models import build_model
-
-    _write_folder_dataset(data)
-    r = Recipe(name="tiny")
-    r.model.name, r.data.dataset, r.data.root = "espnet", "folder", str(data)
-    r.export.input_size, r.train.crop = [64, 64], [64, 64]
-    torch.manual_seed(0)
-    model = build_model("espnet", 4)
-    save_checkpoint({"model_name": "espnet", "model_kwargs": {}, "num_classes": 4, "model": model.state_dict(),
-                     "recipe": recipe_to_dict(r), "step": 0, "best_miou": 0.0, "classes": CLASSES,
-                     "palette": PALETTE, "mean": r.data.mean, "std": r.data.std}, ckpt)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny graphs: one thread is faster than two on a busy 2-core machine
-    try:
-        export_bundle(ckpt, bundle, precisions=("fp32", "int8"), calib_images=4, progress=False,
-                      int8_sensitivity=False)
-    finally:
-        torch.set_num_threads(threads)
-    return bundle, ckpt, data
+from helpers.bundles import CLASSES, PALETTE  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.getbasetemp())
+def tiny(folder_bundle):
+    return folder_bundle  # conftest.py: (bundle, checkpoint, data root), exported once per session
 
 
 def _rows(path: Path) -> dict[tuple[str, str], dict]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from apd_edge import threads as threads_mod
 from apd_edge.cli.main import cli
 from apd_edge.threads import resolve_threads
-from test_engine_train import tiny_recipe
+from helpers.training import tiny_recipe
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from apd_edge.cli.main import cli
-from test_data_fixtures import camvid, mask_from, png
+from helpers.data import camvid, mask_from, png
 
 
 def test_check_ok_and_bad(tmp_path):

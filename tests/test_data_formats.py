@@ -13,7 +13,7 @@ from apd_edge.config import DataConfig
 from apd_edge.data import build_dataset, list_datasets
 from apd_edge.errors import ApdError
 
-from test_data_fixtures import camvid, image, mask_from, png
+from helpers.data import camvid, image, mask_from, png
 
 
 def cfg(name: str, root, **kw) -> DataConfig:

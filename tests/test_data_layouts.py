@@ -15,7 +15,7 @@ from apd_edge.data import build_dataset
 from apd_edge.data.registry import check_options
 from apd_edge.errors import ApdError
 
-from test_data_fixtures import image, mask_from, png
+from helpers.data import image, mask_from, png
 
 SEVEN = ["road", "lane", "car", "person", "sign", "sky", "other"]
 

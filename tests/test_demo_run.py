@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from test_bench_run import make_tiny_bundle
 
 from apd_edge.demo.capture import FrameSource
 from apd_edge.errors import ApdError
@@ -14,8 +13,8 @@ ALPHA = 0.5
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.getbasetemp())[0]
+def bundle(folder_bundle):
+    return folder_bundle[0]  # conftest.py: exported once per session
 
 
 @pytest.fixture(scope="module")

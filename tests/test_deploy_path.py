@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from apd_edge.errors import ApdError
-from export_helpers import tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +50,8 @@ sys.meta_path.insert(0, _Blocker())
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory)
+def bundle(tiny_bundle):
+    return tiny_bundle  # conftest.py: exported once per session
 
 
 @pytest.fixture()

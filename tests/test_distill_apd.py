@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from apd_edge.distill import APDDistiller, build_distiller
 from apd_edge.distill.apd import TeacherProjector
-from distill_helpers import TinySeg, make_recipe
+from helpers.distill import TinySeg, make_recipe
 
 C = 3  # classes in the tiny cases
 

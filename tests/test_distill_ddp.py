@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from apd_edge.distill import build_distiller
 from apd_edge.distill.apd import TeacherProjector
-from distill_helpers import TinySeg, make_recipe
+from helpers.distill import TinySeg, make_recipe
 
 C = 3
 
@@ -77,10 +77,22 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _both_workers(rank: int, world: int, ports: tuple[int, int], out_dir: str) -> None:
+    _worker(rank, world, ports[0], out_dir)
+    _baseline_worker(rank, world, ports[1], out_dir)
+
+
+@pytest.fixture(scope="module")
+def ddp_out(tmp_path_factory):
+    """One spawn of two gloo processes for both tests below (a process start costs more than their work)."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_both_workers, args=(2, (_free_port(), _free_port()), str(out)), nprocs=2, join=True)
+    return out
+
+
 @pytest.mark.slow
-def test_apd_under_ddp_two_gloo_processes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+def test_apd_under_ddp_two_gloo_processes(ddp_out):
+    r0, r1 = (torch.load(ddp_out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
     # reference for the TeacherProjector updates, in one process
     torch.manual_seed(0)
@@ -146,9 +158,8 @@ def _baseline_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_skd_and_ifvd_under_ddp_two_gloo_processes(tmp_path):
-    mp.spawn(_baseline_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"baselines_rank{r}.pt", weights_only=True) for r in (0, 1))
+def test_skd_and_ifvd_under_ddp_two_gloo_processes(ddp_out):
+    r0, r1 = (torch.load(ddp_out / f"baselines_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert set(r0) == {"skd_student", "ifvd_student", "skd_distiller"}
     for run in r0:
         a, b = r0[run]["state"], r1[run]["state"]

@@ -9,7 +9,7 @@ import torch
 
 from apd_edge.distill import build_distiller, channel_wise_loss, pixel_kd_loss
 from apd_edge.distill.base import NoDistill
-from distill_helpers import TinySeg, make_recipe
+from helpers.distill import TinySeg, make_recipe
 
 LN3 = math.log(3.0)
 

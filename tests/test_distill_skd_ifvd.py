@@ -13,17 +13,12 @@ from apd_edge.config import RecipeError, recipe_from_dict
 from apd_edge.distill import IFVDDistiller, SKDDistiller, build_distiller, ifv_loss, pairwise_loss
 from apd_edge.distill.discriminator import critic_size
 from apd_edge.distill.skd import pixelwise_kl
-from distill_helpers import TinySeg
+from helpers.distill import TinySeg
 
 C = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
 def recipe(method: str, holistic: dict | None = None, **section) -> object:

@@ -13,7 +13,7 @@ from apd_edge.distill import HookedTeacher, build_distiller, build_teacher
 from apd_edge.engine.checkpoint import save_checkpoint
 from apd_edge.errors import ApdError
 from apd_edge.models import registry as model_registry
-from distill_helpers import TinySeg, make_recipe
+from helpers.distill import TinySeg, make_recipe
 
 FACTORY_SRC = '''
 import torch

@@ -11,7 +11,9 @@ import yaml
 from click.testing import CliRunner
 
 from apd_edge.cli.main import cli
-from test_engine_train import _one_thread, tiny_recipe  # noqa: F401  (fixture)
+from helpers.training import tiny_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(tmp_path, recipe: dict, name: str):
@@ -53,39 +55,57 @@ def test_cli_eval_corrupt_checkpoint_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cannot read checkpoint")
 
 
+def _teacher_gap(student_ckpt, teacher_ckpt, loader) -> tuple[float, float]:
+    """Mean pixel KL(teacher || student) and the share of pixels where the two argmaxes differ."""
+    from apd_edge.engine.checkpoint import model_from_checkpoint
+
+    student, _ = model_from_checkpoint(student_ckpt)
+    teacher, _ = model_from_checkpoint(teacher_ckpt)
+    kl, differ, n = 0.0, 0, 0
+    with torch.no_grad():
+        for img, _ in loader:
+            s, t = student.eval()(img), teacher.eval()(img)
+            kl += torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True,
+                                             reduction="sum").item()
+            differ += int((s.argmax(1) != t.argmax(1)).sum())
+            n += s[:, 0].numel()
+    return kl / n, differ / n
+
+
 @pytest.mark.slow
-def test_distill_with_apd_improves_the_student(tmp_path):
-    """Teacher trained briefly, then APD distillation: the student ends well above its initial mIoU."""
+def test_distill_with_apd_pulls_the_student_to_its_teacher(tmp_path):
+    """Teacher trained briefly; then the same student (same seed: same init, same batches) trained twice,
+    with APD and with cross-entropy alone. Plain CE also improves on a fresh network, so the claim tested is
+    what distillation adds: the APD student ends much closer to the teacher's predictions."""
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_loader
-    from apd_edge.engine.evaluate import evaluate
-    from apd_edge.engine.trainer import seed_everything
-    from apd_edge.models import build_model
+    from apd_edge.engine.trainer import train
 
     opts = dict(iterations=40, optimizer="adamw", lr=0.004, weight_decay=0.0001, head_lr_mult=1.0,
                 warmup_iters=0, eval_interval=40, ckpt_interval=40, log_interval=10)
-    teacher = tiny_recipe(tmp_path, "teacher", **opts)
+    teacher = dict(tiny_recipe(tmp_path, "teacher", **opts), seed=11)  # not the students' init or batches
     t_run = CliRunner().invoke(cli, ["train", str(_write(tmp_path, teacher, "t")), "--quiet"])
     assert t_run.exit_code == 0, t_run.output
+    t_ckpt = tmp_path / "runs" / "teacher" / "best.pt"
 
     student = tiny_recipe(tmp_path, "student", **opts)
-    student["teacher"] = {"checkpoint": str(tmp_path / "runs" / "teacher" / "best.pt")}
+    student["teacher"] = {"checkpoint": str(t_ckpt)}
     student["distill"] = {"method": "apd", "apd": {"proj_dim": 32}}
     res = CliRunner().invoke(cli, ["distill", str(_write(tmp_path, student, "s")), "--quiet"])
     assert res.exit_code == 0, res.output
+    ce_run = train(recipe_from_dict(tiny_recipe(tmp_path, "ce", **opts)), progress=False)
 
-    recipe = recipe_from_dict(student)
-    seed_everything(recipe.seed)
-    init = build_model("espnet", 10, alpha2=1, alpha3=1)
-    before = evaluate(init, build_loader(recipe, "val", train=False), 10, progress=False)["miou"]
     summary = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())
     assert summary["method"] == "apd"
-    after = summary["final_miou"]
     records = [json.loads(x) for x in (tmp_path / "runs" / "student" / "metrics.jsonl").read_text().splitlines()]
     assert {"kd", "apd_pk", "apd_pa"} <= set(records[0])
-    print(f"student mIoU before {before:.4f} after {after:.4f}")
-    assert after > before + 0.05, (before, after)
     assert torch.load(tmp_path / "runs" / "student" / "last.pt", weights_only=True)["distiller_extra"]
+    loader = build_loader(recipe_from_dict(student), "val", train=False)
+    kl_apd, differ_apd = _teacher_gap(tmp_path / "runs" / "student" / "last.pt", t_ckpt, loader)
+    kl_ce, differ_ce = _teacher_gap(ce_run / "last.pt", t_ckpt, loader)
+    print(f"KL to teacher: APD {kl_apd:.4f}, CE {kl_ce:.4f}; argmax differs: APD {differ_apd:.3f}, CE {differ_ce:.3f}")
+    # measured 0.68 and 0.71 with two teachers at this seed (0.89-0.94 at seed 5): KD pulls the student over
+    assert kl_apd < 0.85 * kl_ce, (kl_apd, kl_ce)
 
 
 @pytest.mark.slow
@@ -109,6 +129,9 @@ def test_quickstart_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
     assert all(0.0 <= r["miou"] <= 1.0 and r["compute_p50"] > 0 for r in bench)
     assert all(r["eval_images"] == 2 for r in bench)  # the recipe's own val split (num_val=2), not the default
     assert "int8" in res.output and "ONNX Runtime" in res.output
-    again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 0, again.output
-    assert (tmp_path / "qs" / "quickstart-2" / "summary.json").is_file()  # a repeat never overwrites
+    # a repeat never overwrites: the runs (and so the bundle folder, named after the student run) get -2.
+    # The repeat's training alone is run here; the export and bench above are the same code either way.
+    again = quickstart.run_quickstart(out=tmp_path / "qs", fast=True, progress=False)
+    assert again["student"]["run"] == str(tmp_path / "qs" / "quickstart-2")
+    assert again["teacher"]["run"] == str(tmp_path / "qs" / "quickstart_teacher-2")
+    assert (tmp_path / "qs" / "quickstart-2" / "summary.json").is_file()

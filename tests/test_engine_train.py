@@ -11,33 +11,9 @@ from apd_edge.config import recipe_from_dict
 from apd_edge.engine import checkpoint as ckpt_mod
 from apd_edge.engine.trainer import train
 from apd_edge.errors import ApdError
+from helpers.training import TINY, tiny_recipe  # noqa: F401
 
-TINY = {"alpha2": 1, "alpha3": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions gain nothing from a second thread, and on a busy machine two OpenMP threads
-    # waiting on each other make a step 10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_recipe(tmp_path, name="run", **train_kw) -> dict:
-    tr = {"iterations": 8, "batch_size": 4, "crop": [64, 64], "lr": 0.02, "warmup_iters": 2, "log_interval": 2,
-          "eval_interval": 4, "ckpt_interval": 4, "device": "cpu", "sync_bn": False}
-    tr.update(train_kw)
-    return {
-        "name": name, "seed": 3, "output_dir": str(tmp_path / "runs"),
-        "model": {"name": "espnet", "kwargs": dict(TINY)},
-        "data": {"dataset": "synthetic", "workers": 0,
-                 "options": {"num_train": 16, "num_val": 4, "size": [64, 96]},
-                 "augment": {"scale": [0.75, 1.25]}},
-        "train": tr,
-        "eval": {"batch_size": 2},
-    }
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
 def _records(run, kind):

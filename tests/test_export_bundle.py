@@ -15,12 +15,12 @@ from torch import nn
 
 from apd_edge.errors import ApdError
 from apd_edge.export.quantize import check_qdq, classifier_nodes
-from export_helpers import tiny_bundle, tiny_checkpoint
+from helpers.bundles import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory)
+def bundle(tiny_bundle):
+    return tiny_bundle  # conftest.py: exported once per session
 
 
 def test_manifest_and_fp32_parity(bundle):

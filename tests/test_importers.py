@@ -223,7 +223,7 @@ def test_scored_classes_needs_declared_extras():
 
 
 def test_cli_import_then_eval_and_export_score_11_classes(tmp_path, monkeypatch):
-    from test_data_fixtures import camvid
+    from helpers.data import camvid
 
     from apd_edge.engine.evaluate import evaluate_checkpoint
 

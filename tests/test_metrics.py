@@ -86,16 +86,39 @@ def test_table_and_reduce_without_dist():
     assert f"{100 * cm.compute()['miou']:5.1f}".strip() in lines[-1]
 
 
-def test_reduce_sums_over_processes(tmp_path):
+def _reduce_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        pred, target = random_case(5)
+        pred, target = random_case(10 + rank)  # each rank counts different pixels
         cm = ConfusionMatrix(7)
         cm.update(pred, target)
-        before = cm.mat.copy()
-        cm.reduce_()
-        np.testing.assert_array_equal(cm.mat, before)  # world size 1: the sum is itself
+        np.save(f"{out_dir}/local{rank}.npy", cm.mat)
+        assert cm.reduce_() is cm
+        np.save(f"{out_dir}/reduced{rank}.npy", cm.mat)
     finally:
         dist.destroy_process_group()
+
+
+def test_reduce_sums_over_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_reduce_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    local = [np.load(tmp_path / f"local{r}.npy") for r in (0, 1)]
+    hand = []
+    for r in (0, 1):  # the same counts, made here without any process group
+        cm = ConfusionMatrix(7)
+        cm.update(*random_case(10 + r))
+        hand.append(cm.mat)
+        np.testing.assert_array_equal(local[r], cm.mat)
+    assert not np.array_equal(hand[0], hand[1])
+    for r in (0, 1):
+        np.testing.assert_array_equal(np.load(tmp_path / f"reduced{r}.npy"), hand[0] + hand[1])
+    # the reduced matrix scores the union of both ranks' pixels
+    (p0, t0), (p1, t1) = random_case(10), random_case(11)
+    merged = ConfusionMatrix(7)
+    merged.mat = np.load(tmp_path / "reduced1.npy")
+    ref = reference(np.concatenate([p0, p1]), np.concatenate([t0, t1]), 7)
+    assert merged.compute()["miou"] == pytest.approx(ref["miou"], rel=1e-12)

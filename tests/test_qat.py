@@ -22,16 +22,10 @@ from apd_edge.engine.fakequant import (ActQuant, QATConv, fake_quant_act, fake_q
 from apd_edge.engine.qat import QATConfig, QATRun, parse_qat_overrides, pixel_kl, run_qat
 from apd_edge.errors import ApdError
 from apd_edge.export.qat import module_of_node
+from helpers.training import TINY, tiny_recipe
 
-TINY = {"alpha2": 1, "alpha3": 1}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
 def _ref_qdq(x: np.ndarray, scale) -> np.ndarray:
@@ -119,14 +113,9 @@ def test_swap_keeps_parameters_and_strips_back_to_the_plain_model():
 
 
 def _recipe(tmp_path) -> dict:
-    return {"name": "tiny", "seed": 3, "output_dir": str(tmp_path / "runs"),
-            "model": {"name": "espnet", "kwargs": dict(TINY)},
-            "data": {"dataset": "synthetic", "workers": 0,
-                     "options": {"num_train": 12, "num_val": 3, "size": [64, 96]},
-                     "augment": {"scale": [0.75, 1.25]}},
-            "train": {"iterations": 30, "batch_size": 4, "crop": [64, 64], "lr": 0.02, "log_interval": 10,
-                      "eval_interval": 30, "ckpt_interval": 30, "device": "cpu"},
-            "eval": {"batch_size": 3}}
+    r = tiny_recipe(tmp_path, "tiny", num_train=12, num_val=3, iterations=30, warmup_iters=0, log_interval=10,
+                    eval_interval=30, ckpt_interval=30)
+    return {**r, "eval": {"batch_size": 3}}
 
 
 @pytest.fixture(scope="module")

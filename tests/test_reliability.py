@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_engine_train import tiny_recipe
+from helpers.training import tiny_recipe
 
 from apd_edge.cli.main import cli
 from apd_edge.config import RecipeError, recipe_from_dict
@@ -27,12 +27,7 @@ from apd_edge.errors import ApdError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
 def _lines(text: str) -> list[str]:
@@ -189,12 +184,10 @@ def test_exist_ok_restarts_and_increment_numbers_the_run(tmp_path):
     assert yaml.safe_load((third / "recipe.yaml").read_text())["name"] == "exp3"
 
 
-def test_failed_re_export_keeps_the_previous_bundle(tmp_path, tmp_path_factory, monkeypatch):
-    from test_bench_run import make_tiny_bundle
-
+def test_failed_re_export_keeps_the_previous_bundle(tmp_path, folder_bundle, monkeypatch):
     from apd_edge.export import export_bundle
 
-    _, ckpt, _ = make_tiny_bundle(tmp_path_factory.getbasetemp())
+    _, ckpt, _ = folder_bundle
     out = tmp_path / "bundle"
     export_bundle(ckpt, out, progress=False, calib_images=2, parity_images=1)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -212,13 +205,11 @@ def test_failed_re_export_keeps_the_previous_bundle(tmp_path, tmp_path_factory, 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".bundle.lock") == ["bundle"]
 
 
-def test_export_refuses_a_bundle_folder_in_use(tmp_path, tmp_path_factory):
-    from test_bench_run import make_tiny_bundle
-
+def test_export_refuses_a_bundle_folder_in_use(tmp_path, folder_bundle):
     from apd_edge.export import export_bundle
     from apd_edge.export.bundle import bundle_lock
 
-    _, ckpt, _ = make_tiny_bundle(tmp_path_factory.getbasetemp())
+    _, ckpt, _ = folder_bundle
     with bundle_lock(tmp_path / "bundle"):
         with pytest.raises(ApdError, match=f"PID {os.getpid()}"):
             export_bundle(ckpt, tmp_path / "bundle", progress=False, parity_images=1)
@@ -346,10 +337,8 @@ def test_unexpected_exception_is_one_line_with_a_debug_switch(tmp_path, monkeypa
 # ------------------------------------------------------------------------------------------------ 6. demo
 
 
-def test_demo_sigterm_finishes_the_video(tmp_path, tmp_path_factory):
-    from test_bench_run import make_tiny_bundle
-
-    bundle = make_tiny_bundle(tmp_path_factory.getbasetemp())[0]
+def test_demo_sigterm_finishes_the_video(tmp_path, folder_bundle):
+    bundle = folder_bundle[0]
     out = tmp_path / "x.mp4"
     code = textwrap.dedent(f"""
         import os, signal, numpy as np
@@ -474,7 +463,7 @@ def test_bench_without_a_row_exits_non_zero(tmp_path):
 
 
 def test_data_check_lists_every_bad_file(tmp_path):
-    from test_data_fixtures import camvid, mask_from, png
+    from helpers.data import camvid, mask_from, png
 
     root = camvid(tmp_path / "cv")
     for rel in ("trainannot/img0.png", "trainannot/img1.png", "valannot/img0.png"):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import copy
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -131,12 +132,84 @@ def test_engine_compat_refusal():
         check_engine_compat(meta, dict(meta, tensorrt_version="10.4.0"))
     with pytest.raises(ApdError, match="no recorded engine_meta"):
         check_engine_compat(None, other)
-    assert copy.deepcopy(meta) == meta
+    # the GPU model alone differing is a refusal too; a local build tag and padding do not matter
+    with pytest.raises(ApdError, match=r"GPU 'Orin \(nvgpu\)' vs 'Orin Nano' here"):
+        check_engine_compat(meta, dict(meta, gpu_name="Orin Nano"))
+    check_engine_compat(meta, dict(meta, gpu_name=" Orin (nvgpu) ", tensorrt_version="10.3.0.30+cuda12.6"))
 
 
-def test_trt_backend_needs_tensorrt():
+def test_binding_plan_refuses_what_it_cannot_resolve():
+    io = io_from_manifest(_manifest(dynamic=True))
+    with pytest.raises(ApdError, match="has rank 4, got shape \\(1, 3, 64\\)"):
+        binding_plan(io, (1, 3, 64))
+    with pytest.raises(ApdError, match="expected one input tensor, got 2"):
+        binding_plan(io + [dict(io[0], name="second")], (1, 3, 64, 96))
+    square = [{"name": "x", "mode": "input", "dtype": "float32", "shape": ["N", 3, "S", "S"]},
+              {"name": "y", "mode": "output", "dtype": "float32", "shape": ["N", "S"]}]
+    assert binding_plan(square, (2, 3, 8, 8))[1][2] == (2, 8)
+    with pytest.raises(ApdError, match="input dim 'S' given two values"):
+        binding_plan(square, (2, 3, 8, 16))
+    with pytest.raises(ApdError, match="output 'y' uses dim 'C' that the input does not define"):
+        binding_plan([square[0], dict(square[1], shape=["N", "C"])], (1, 3, 8, 8))
+    with pytest.raises(ApdError, match="output 'y' has an unresolvable dynamic dim at axis 1"):
+        binding_plan([square[0], dict(square[1], shape=[1, -1, 4, 8, 8])], (1, 3, 8, 8))
+
+
+class _BrokenTensorRT:
+    """An import hook for a TensorRT wheel whose CUDA libraries cannot be loaded (what ``import`` raises then)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorrt":
+            raise OSError("libnvinfer.so.10: cannot open shared object file")
+        return None
+
+
+def test_trt_backend_without_tensorrt_is_one_line(tmp_path, monkeypatch):
+    """What the TensorRT backend does on a machine without TensorRT: a one-line error naming the install,
+    raised before the engine file is read (so a missing or foreign engine never hides the real problem)."""
+    from apd_edge.runtime.backends import trt as trt_mod
+    from apd_edge.runtime.backends import trt_check
+
+    monkeypatch.setattr(trt_check, "on_jetson", lambda path=None: False)
+    monkeypatch.setattr(trt_check, "driver_cuda_major", lambda: 12)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    engine = tmp_path / "missing.engine"
+    with pytest.raises(ApdError) as e:
+        trt_mod.TrtBackend(engine, {"gpu_name": "x"})
+    msg = str(e.value)
+    assert msg.startswith(trt_mod.TRT_MISSING + ': pip install "apd-edge[trt-cu12]"') and "\n" not in msg
+    assert str(engine) not in msg
+
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTensorRT(), *sys.meta_path])
+    with pytest.raises(ApdError, match=r"^TensorRT is installed but its libraries cannot be loaded \(libnvinfer"):
+        trt_mod.TrtBackend(engine, {"gpu_name": "x"})
+
+    # TensorRT importable, cuda-python not: the second import names its own install
+    monkeypatch.setattr(trt_mod, "import_tensorrt", lambda: object())
+    for mod in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    with pytest.raises(ApdError, match=r"^cuda-python is not installed: pip install"):
+        trt_mod.TrtBackend(engine, {"gpu_name": "x"})
+
+
+def test_trt_engine_agrees_with_onnx_runtime(request, tmp_path):
+    """Build the FP32 engine of a tiny bundle and run it through the Segmenter: labels agree with ORT.
+
+    Needs TensorRT, cuda-python and an NVIDIA GPU; elsewhere it skips, naming what is missing."""
+    from apd_edge.runtime.backends.trt_check import preflight
+
     try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"TensorRT not installed: {exc}; engine build/run paths need a GPU with TensorRT 10/11")
-    pytest.skip("TensorRT present but these tests do not build engines (no GPU test fixture)")
+        preflight()
+    except ApdError as exc:
+        pytest.skip(f"needs TensorRT + cuda-python + an NVIDIA GPU: {exc}")
+    from apd_edge.export.build import build_bundle
+    from apd_edge.runtime import Segmenter
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(request.getfixturevalue("tiny_bundle"), bundle)  # the shared bundle stays engine-free
+    build_bundle(bundle, ["fp32"], workspace_gb=1.0, log=lambda _: None)
+    img = np.random.default_rng(2).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    trt_seg = Segmenter.from_bundle(bundle, backend="trt", device="cuda")
+    ort_seg = Segmenter.from_bundle(bundle, backend="ort")
+    assert (trt_seg.predict(img) == ort_seg.predict(img)).mean() >= 0.99

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from apd_edge.errors import ApdError
 from apd_edge.runtime import Segmenter, list_backends
-from export_helpers import tiny_bundle
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory)
+def bundle(tiny_bundle):
+    return tiny_bundle  # conftest.py: exported once per session
 
 
 def _image(seed: int = 3) -> np.ndarray:
@@ -86,7 +85,19 @@ def test_runtime_without_torch(bundle, tmp_path):
     assert m["output_kind"] == "labels"
 
 
-def test_torch_backend_precision_guard(bundle):
-    with pytest.raises(ApdError, match="runs the source checkpoint in fp32"):
-        Segmenter.from_bundle(bundle, backend="torch", precision="int8")
-    assert torch.get_num_threads() >= 1
+def test_torch_backend_guards(bundle, tmp_path):
+    for precision in ("int8", "fp16"):
+        with pytest.raises(ApdError, match=f"runs the source checkpoint in fp32, not {precision}"):
+            Segmenter.from_bundle(bundle, backend="torch", precision=precision)
+    # the torch backend trusts the manifest's record of its source checkpoint: gone or changed is refused
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"]["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ApdError, match="changed since the bundle was exported"):
+        Segmenter.from_bundle(copy, backend="torch")
+    del manifest["source"]["checkpoint"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ApdError, match="records no source checkpoint"):
+        Segmenter.from_bundle(copy, backend="torch")

@@ -12,30 +12,16 @@ from apd_edge.config import load_recipe, recipe_from_dict
 from apd_edge.engine.study import load_plan, plan_runs, run_study
 from apd_edge.engine.trainer import train
 from apd_edge.errors import ApdError
+from helpers.training import TINY, tiny_recipe
 
-TINY = {"alpha2": 1, "alpha3": 1}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny steps run on one torch thread
 
 
 def _base(tmp_path, name: str, iterations: int) -> dict:
-    return {
-        "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
-        "model": {"name": "espnet", "kwargs": dict(TINY)},
-        "data": {"dataset": "synthetic", "workers": 0,
-                 "options": {"num_train": 12, "num_val": 4, "size": [64, 96]},
-                 "augment": {"scale": [0.75, 1.25]}},
-        "train": {"iterations": iterations, "batch_size": 4, "crop": [64, 64], "lr": 0.02, "warmup_iters": 2,
-                  "log_interval": 1, "eval_interval": 4, "ckpt_interval": 3, "device": "cpu", "sync_bn": False},
-        "distill": {"method": "none", "apd": {"proj_dim": 16}},
-        "eval": {"batch_size": 2},
-    }
+    r = tiny_recipe(tmp_path, name, seed=0, num_train=12, iterations=iterations, log_interval=1, eval_interval=4,
+                    ckpt_interval=3)
+    return {**r, "distill": {"method": "none", "apd": {"proj_dim": 16}}}
 
 
 @pytest.fixture(scope="module")
