@@ -10,7 +10,7 @@ import torch
 
 from apd_edge.config import recipe_from_dict
 from apd_edge.distill import HookedTeacher, build_distiller, build_teacher
-from apd_edge.engine.checkpoint import save_checkpoint
+from apd_edge.checkpoint import save_checkpoint
 from apd_edge.errors import ApdError
 from apd_edge.models import registry as model_registry
 from helpers.distill import TinySeg, make_recipe

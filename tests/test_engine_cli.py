@@ -57,7 +57,7 @@ def test_cli_eval_corrupt_checkpoint_is_one_line(tmp_path):
 
 def _teacher_gap(student_ckpt, teacher_ckpt, loader) -> tuple[float, float]:
     """Mean pixel KL(teacher || student) and the share of pixels where the two argmaxes differ."""
-    from apd_edge.engine.checkpoint import model_from_checkpoint
+    from apd_edge.checkpoint import model_from_checkpoint
 
     student, _ = model_from_checkpoint(student_ckpt)
     teacher, _ = model_from_checkpoint(teacher_ckpt)

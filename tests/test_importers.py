@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from apd_edge.cli.main import cli
-from apd_edge.engine.checkpoint import model_from_checkpoint
+from apd_edge.checkpoint import model_from_checkpoint
 from apd_edge.engine.importers import (ESPNET_CAMVID_BGR_MEAN, ESPNET_CAMVID_BGR_STD, espnet_authors_key_map,
                                        import_weights, remap_keys)
 from apd_edge.errors import ApdError

@@ -16,7 +16,7 @@ from torch import nn
 
 from apd_edge.cli.main import cli
 from apd_edge.config import RecipeError
-from apd_edge.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from apd_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from apd_edge.engine.fakequant import (ActQuant, QATConv, fake_quant_act, fake_quant_weight, fp32_state_dict,
                                        insert_fake_quant, quantizable_convs, remove_fake_quant)
 from apd_edge.engine.qat import QATConfig, QATRun, parse_qat_overrides, pixel_kl, run_qat
@@ -239,7 +239,7 @@ def test_resume_after_interruption_gives_identical_weights(trained, tmp_path):
 
 
 def test_teacher_distillation_term(trained, tmp_path):
-    from apd_edge.engine.checkpoint import save_checkpoint
+    from apd_edge.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(trained / "best.pt")
     ckpt["recipe"]["teacher"]["checkpoint"] = str(trained / "best.pt")  # the teacher is the FP32 student itself

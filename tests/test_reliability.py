@@ -20,7 +20,7 @@ from helpers.training import tiny_recipe
 
 from apd_edge.cli.main import cli
 from apd_edge.config import RecipeError, recipe_from_dict
-from apd_edge.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from apd_edge.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from apd_edge.engine.trainer import Trainer, train
 from apd_edge.errors import ApdError
 

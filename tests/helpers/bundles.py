@@ -20,7 +20,7 @@ def write_checkpoint(path: Path, recipe, num_classes: int, seed: int = 0, **extr
     import torch
 
     from apd_edge.config import recipe_to_dict
-    from apd_edge.engine.checkpoint import save_checkpoint
+    from apd_edge.checkpoint import save_checkpoint
     from apd_edge.models import build_model
 
     torch.manual_seed(seed)
