@@ -5,7 +5,7 @@ settings, each model's source and rows), ``students_cpu.md`` and ``students_cpu.
 Weights: ``--checkpoint NAME=PATH`` (a checkpoint or run folder) for any model; else ``espnet`` is the
 ESPNet authors' trained CamVid model (``--weights``, imported with ``import_weights``: its 12-output
 variant, void as a class); else a randomly initialised model, labelled "untrained" (latency does not
-depend on the weights; its mIoU is meaningless). Each model is exported with ``export_bundle`` (FP32 +
+depend on the weights; its mIoU is not reported). Each model is exported with ``export_bundle`` (FP32 +
 INT8, calibrated on CamVid train images) and measured by ``apd-edge bench`` in a fresh process.
 The committed result (``--render`` rewrites the .md and .png from the JSON without measuring):
 
@@ -70,7 +70,7 @@ def model_source(name: str, args, work: Path) -> tuple[Path, str, bool]:
         run = Path(import_weights(args.weights, out=work / "runs", data_root=args.camvid, force=True))
         return run, (f"the ESPNet authors' CamVid model {_relative(Path(args.weights))} "
                      f"(sha256 {sha256_file(args.weights)[:12]}), imported"), True
-    return random_checkpoint(name, Path(args.camvid), work), "UNTRAINED (random init): mIoU is meaningless", False
+    return random_checkpoint(name, Path(args.camvid), work), "UNTRAINED (random init): latency only, mIoU not reported", False
 
 
 def main() -> None:
@@ -81,8 +81,8 @@ def main() -> None:
                     help="a trained checkpoint or run folder for one model (repeatable)")
     ap.add_argument("--work", default=str(REPO / "export" / "students_cpu"), help="checkpoints and bundles")
     ap.add_argument("--models", default=",".join(STUDENTS))
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--max-images", type=int, default=101, help="CamVid val images for mIoU (101 = all)")
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="ORT / torch threads (default: library default)")
@@ -122,13 +122,16 @@ def main() -> None:
         # torch row, and glibc returns large buffers to the OS so each row's RSS growth is its own.
         bench_cmd = [sys.executable, "-m", "apd_edge.cli.main", "bench", str(bundle), "--backends", "ort,torch",
                      "--precisions", "fp32,int8", "--iters", str(args.iters), "--warmup", str(args.warmup),
-                     "--max-images", str(args.max_images), "--data", f"camvid:{camvid}", "--out", str(work / name)]
+                     "--max-images", str(args.max_images if trained else 1), "--data", f"camvid:{camvid}",
+                     "--out", str(work / name)]
         if args.threads:
             bench_cmd += ["--threads", str(args.threads)]
         subprocess.run(bench_cmd, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
         rows = load_rows(work / name / "bench.json")
         for r in rows:
-            r.model = r.model if trained else f"{r.model} (untrained)"
+            if not trained:  # random weights: scored on one image only to run the code path; not a result
+                r.model, r.miou, r.pixel_acc = f"{r.model} (untrained)", None, None
+                r.eval_data = "random weights: mIoU not reported"
         doc["models"].append({"model": name, "note": note, "export_seconds": round(t_export),
                               "seconds": round(time.time() - t_start), "loadavg": list(os.getloadavg()),
                               "rows": [asdict(r) for r in rows]})
@@ -160,7 +163,8 @@ def write_summary(out: Path) -> Path:
         "bundles take a 384x480 input (the exporter's default: padded to a multiple of 32, labels cropped back). "
         f"Latency: ms per image at batch 1, {st['warmup']} warm-up calls, {st['iters']} timed calls; `ms` = "
         "`infer` alone, `e2e` = pad + normalise + infer + argmax + crop, the two timed in alternating calls so "
-        f"that load changes hit both alike. mIoU on the first {st['max_images']} CamVid val images (void ignored). "
+        f"that load changes hit both alike. mIoU on the first {st['max_images']} CamVid val images (void ignored), "
+        "for trained weights only. "
         "PyTorch has no INT8 row (skipped, reason shown). `RSS MB +grow/peak`: host RSS growth while loading and "
         "running the row, and the process's peak RSS (torch's libraries are loaded only for the torch row, which "
         "comes last). No GPU here: the torch-CUDA rows are in `students_cuda.md`.",
