@@ -10,7 +10,7 @@ ratio to ``kd``, all measured in one run: ``apd_over_kd`` is the ratio of the me
 ``apd_over_kd_rounds`` the median of the per-round ratios (both methods' steps of a round ran in
 the same round). One run writes the whole file (every student's row also holds the command, machine and
 settings it was measured with); there is no merging of runs. The committed result:
-    OMP_NUM_THREADS=1 python benchmarks/train_step.py --threads 1 --clock process --iters 7 --flops
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --threads 1 --clock process --size 192x256 --iters 5 --flops
 """
 
 from __future__ import annotations
