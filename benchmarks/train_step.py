@@ -152,6 +152,33 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
     return res
 
 
+def render(doc: dict) -> str:
+    """The .md next to the JSON: command, machine, settings, and per student every method's step and ratio."""
+    methods = doc["methods"]
+    lines = [
+        "# Training-step time of every distiller, as a ratio to `kd`",
+        "",
+        f"Command (from the repo root): `{doc['command']}`; {doc['date']}.",
+        f"Machine: {doc['machine']}; torch {doc['torch']}, {doc['threads']} thread(s), clock `{doc['clock']}` "
+        f"(process: this process's CPU time, robust to other jobs), load average {doc['loadavg_end'][0]:.1f} "
+        "at the end.",
+        f"Settings: teacher `{doc['teacher']}` (output stride {doc['teacher_stride']}, random weights), input "
+        f"{doc['batch']}x3x{doc['size'][0]}x{doc['size'][1]}, {doc['classes']} classes, {doc['warmup']} warm-up "
+        f"round(s) dropped, median of {doc['iters']} rounds; each round runs every method once, the start "
+        "rotating. `-nohol` = the method without its holistic (critic) term. `apd/kd` = ratio of the medians; "
+        f"`per round` = median of the rounds' apd/kd ratios. Target: apd/kd <= {doc['target_apd_over_kd']}.",
+        "",
+        "| student | " + " | ".join(f"{m} ms (/kd)" for m in methods) + " | apd/kd | per round | FLOPs apd/kd | verdict |",
+        "|---|" + "---|" * (len(methods) + 4),
+    ]
+    for name, r in doc["students"].items():
+        med, ratio = r["median_s"], r["ratio_to_kd"]
+        flops = f"{r['flops_apd_over_kd']:.3f}" if "flops_apd_over_kd" in r else "n/a"
+        lines.append(f"| {name} | " + " | ".join(f"{med[m] * 1e3:.0f} ({ratio[m]:.2f})" for m in methods)
+                     + f" | {r['apd_over_kd']:.3f} | {r['apd_over_kd_rounds']:.3f} | {flops} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", default="bisenetv2,espnet,mobilenetv2")
@@ -171,7 +198,12 @@ def main() -> None:
                     help="comma-separated subset of " + ",".join(ALL_METHODS) + " (none, kd and apd are always timed)")
     ap.add_argument("--verbose", action="store_true", help="print every timed round")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_step.json"))
+    ap.add_argument("--render", action="store_true", help="only write the .md next to --out from the JSON")
     args = ap.parse_args()
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(render(json.loads(out.read_text())))
+        return
     size = tuple(int(v) for v in args.size.lower().split("x"))
     if len(size) != 2 or any(v % 32 for v in size):
         raise SystemExit(f"error: --size {args.size}: expected HxW, multiples of 32")
@@ -208,6 +240,7 @@ def main() -> None:
               "methods": list(METHODS), "target_apd_over_kd": TARGET, "students": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(report))
     results = report["students"]
 
     if args.flops:
