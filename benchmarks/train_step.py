@@ -10,7 +10,7 @@ ratio to ``kd``, all measured in one run: ``apd_over_kd`` is the ratio of the me
 ``apd_over_kd_rounds`` the median of the per-round ratios (both methods' steps of a round ran in
 the same round). One run writes the whole file (every student's row also holds the command, machine and
 settings it was measured with); there is no merging of runs. The committed result:
-    OMP_NUM_THREADS=1 python benchmarks/train_step.py --threads 1 --clock process --size 192x256 --iters 5 --flops
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --threads 1 --clock process --size 192x256 --iters 4 --flops
 """
 
 from __future__ import annotations
@@ -79,14 +79,21 @@ def step(d: Distiller, opt: torch.optim.Optimizer, images, labels, device) -> fl
     return CLOCK() - t0
 
 
-def count_flops(d: Distiller, opt, images, labels) -> float:
-    """Matmul/conv FLOPs of one training step (forward + backward), by torch's FlopCounterMode."""
+def count_flops(d: Distiller, opt, images, labels) -> float | None:
+    """Matmul/conv FLOPs of one training step (forward + backward), by torch's FlopCounterMode.
+
+    None where FlopCounterMode cannot follow the step: the critic's gradient penalty (``skd``/``ifvd`` with
+    the holistic term) calls ``autograd.grad``, which its hooks do not support (torch 2.14).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        loss = d(images, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss = d(images, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.total.backward()
+    except RuntimeError:
+        return None
     return float(counter.get_total_flops())
 
 
@@ -146,9 +153,9 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
         res["verdict"] = "ok" if res["apd_over_kd"] <= TARGET else f"over {TARGET}x"
     if args.flops:
         flops = {m: count_flops(*runs[m], images, labels) for m in METHODS}
-        res.update({"gflops": {m: v / 1e9 for m, v in flops.items()},
+        res.update({"gflops": {m: None if v is None else v / 1e9 for m, v in flops.items()},
                     "flops_apd_over_kd": flops["apd"] / flops["kd"],
-                    "flops_ratio_to_kd": {m: flops[m] / flops["kd"] for m in METHODS}})
+                    "flops_ratio_to_kd": {m: None if v is None else v / flops["kd"] for m, v in flops.items()}})
     return res
 
 
@@ -248,7 +255,8 @@ def main() -> None:
         print(f"{'student':<12}" + "".join(f"{m:>10}" for m in METHODS) + f"{'apd/kd':>8}")
         for name, r in results.items():
             if "gflops" in r:
-                print(f"{name:<12}" + "".join(f"{r['gflops'][m]:>10.1f}" for m in METHODS) + f"{r['flops_apd_over_kd']:>8.3f}")
+                print(f"{name:<12}" + "".join("n/a".rjust(10) if r["gflops"][m] is None else f"{r['gflops'][m]:>10.1f}"
+                                              for m in METHODS) + f"{r['flops_apd_over_kd']:>8.3f}")
     if not args.iters:
         print(f"wrote {out}")
         return
