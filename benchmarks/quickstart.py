@@ -48,9 +48,10 @@ def render(doc: dict) -> str:
     lines = [
         "# Quick start (`apd-edge quickstart`) on this machine",
         "",
-        f"Command (from the repo root): `{doc['command']}`; {doc['date']}.",
-        f"Machine: {doc['machine']}; load average {doc['loadavg_start'][0]:.1f} at the start, "
-        f"{doc['loadavg_end'][0]:.1f} at the end (a shared machine: times include other jobs).",
+        f"Command (from the repo root): `{doc['command']}`; started {doc['date']}.",
+        f"Machine: {doc['machine']}; load average (1 min) {doc['loadavg_start'][0]:.1f} at the start, "
+        f"{doc['loadavg_end'][0]:.1f} at the end, 15 min {doc['loadavg_end'][2]:.1f} at the end (a shared machine: "
+        "times include other jobs; `threads` is the library's choice for that load unless --threads was given).",
         f"Settings: {json.dumps(doc['settings'])}. The synthetic dataset is generated from a seed, the recipes are "
         "the packaged `quickstart_teacher` and `quickstart`; training is seeded (recipe `seed`).",
         "",
