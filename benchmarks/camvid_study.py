@@ -158,7 +158,7 @@ def cmd_pack(args) -> None:
     model-only checkpoint (optimizer, scheduler, RNG and distiller state dropped), for export elsewhere."""
     import tarfile
 
-    from apd_edge.engine.checkpoint import load_checkpoint, save_checkpoint
+    from apd_edge.checkpoint import load_checkpoint, save_checkpoint
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -370,9 +370,16 @@ def cmd_report(args) -> None:
               "`python benchmarks/camvid_study.py report`):", "", "```"] + plan["commands"] + ["```", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    from apd_edge.bench.machine import describe, machine_info
+
+    # the runs' commands (from the plan) and this report's own; the machine the runs used is in the header
+    report_cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     (out / f"{args.name}.json").write_text(json.dumps({"teacher": teacher, "students": table, "missing": missing,
                                                        "apd_vs_baselines": verdict(table),
-                                                 "settings": st},
+                                                       "settings": st, "commands": plan["commands"],
+                                                       "report_command": report_cmd,
+                                                       "report_machine": describe(machine_info()),
+                                                       "header": extra},
                                                 indent=2, default=str) + "\n")
     _plot(table, out / f"{args.name}.png")
     _save_recipes(runs, plan, out / f"{args.name}_recipes")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import tempfile
 import time
@@ -22,10 +22,11 @@ import torch
 
 from apd_edge.config import recipe_from_dict, recipe_to_dict
 from apd_edge.data import build_dataset
-from apd_edge.engine.checkpoint import save_checkpoint
+from apd_edge.checkpoint import save_checkpoint
 from apd_edge.export.bundle import export_bundle
 from apd_edge.models import build_model, list_models
 from apd_edge.runtime import Segmenter
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def bench_student(name: str, camvid: str, tmp: Path, args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--camvid", default=str(REPO.parent / "shared" / "data" / "camvid"))
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--models", nargs="*", default=None)
     args = ap.parse_args()
+    prov = provenance()
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,8 +85,8 @@ def main() -> None:
             rows.append(bench_student(name, args.camvid, Path(tmp), args))
     import onnxruntime
 
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                          "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+    result = {**prov, "loadavg_end": list(os.getloadavg()),
+              "settings": {**vars(args), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
               "runs": args.runs, "warmup": args.warmup, "rows": rows}
     out = REPO / "benchmarks" / "results" / "export_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)

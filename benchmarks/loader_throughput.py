@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from apd_edge.config import load_recipe
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 2.0
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "loader_throughput.json"))
     args = ap.parse_args()
+    prov = provenance()
 
     from apd_edge.data import build_loader
     from apd_edge.models import build_model
@@ -158,13 +160,13 @@ def main() -> None:
     ratio = load_ips / train_ips
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     result = {
-        "dataset": args.dataset, "crop": list(crop), "batch": args.batch, "train_batch": train_batch, "workers": recipe.data.workers,
+        **prov, "settings": vars(args), "dataset": args.dataset, "crop": list(crop), "batch": args.batch, "train_batch": train_batch, "workers": recipe.data.workers,
         "device": str(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "loader_images_per_s": load_ips, "loader_images_per_s_one_core": core_ips, "train_images_per_s": train_ips, "train_images_per_cpu_s": train_cpu_ips, "ratio": ratio, "target": TARGET,
         "verdict": verdict, "fed_train_images_per_s": fed_ips, "fed_wait_fraction": wait,
-        "load_avg": os.getloadavg(),
+        "load_avg": os.getloadavg(),  # at the end (``loadavg``: at the start)
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"bisenetv2": "recipes/bisenet_camvid.yaml", "espnet": "recipes/espnet_camvid.yaml",
@@ -80,11 +80,12 @@ def main() -> None:
         apart_wall = sum(v["wall_s"] for v in apart.values())
         stream = record["streams"]["seed 0"]
         report = {
-            "command": "python benchmarks/study_speedup.py " + " ".join(
+            **provenance(),  # command as typed, date, machine (one line and details), load average at the end
+            "command_resolved": "python benchmarks/study_speedup.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
             "settings": {**vars(args), "teacher": "pspnet_r18 (output_stride 16, random weights)", "classes": 10,
                          "data": "synthetic", "overrides": common},
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(), "runs": [r.name for r in runs],
             "study": {"cpu_s": shared_cpu, "wall_s": shared_wall, "teacher_s": stream["teacher_s"],
                       "teacher_forwards": stream["teacher_forwards"], "run_s": stream["run_s"]},

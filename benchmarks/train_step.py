@@ -6,23 +6,27 @@ machine noise hits all alike; the first ``--warmup`` rounds are dropped. Also ti
 alone (projectors, prototypes, KL, alignment, g_t step; forward + backward) as a vectorisation check.
 Target: ``apd`` within 1.10x of ``kd``. ``skd`` and ``ifvd`` run with their holistic term (critic step
 included) and without it (``skd-nohol``, ``ifvd-nohol``); every method's step time is also given as a
-ratio to ``kd``, all measured in one run. Every student's row in the JSON holds the exact command and
-settings it was measured with (rows merged from several runs keep their own). Usage:
-    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 352x480] [--batch 2] [--iters 5] [--methods ...]
+ratio to ``kd``, all measured in one run: ``apd_over_kd`` is the ratio of the medians and
+``apd_over_kd_rounds`` the median of the per-round ratios (both methods' steps of a round ran in
+the same round). One run writes the whole file (every student's row also holds the command, machine and
+settings it was measured with); there is no merging of runs. The committed result:
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --threads 1 --clock process --size 192x256 --iters 4 --flops
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from apd_edge.bench.machine import describe, machine_info
 from apd_edge.config import recipe_from_dict
 from apd_edge.distill import build_distiller
 from apd_edge.distill.base import Distiller
@@ -75,14 +79,21 @@ def step(d: Distiller, opt: torch.optim.Optimizer, images, labels, device) -> fl
     return CLOCK() - t0
 
 
-def count_flops(d: Distiller, opt, images, labels) -> float:
-    """Matmul/conv FLOPs of one training step (forward + backward), by torch's FlopCounterMode."""
+def count_flops(d: Distiller, opt, images, labels) -> float | None:
+    """Matmul/conv FLOPs of one training step (forward + backward), by torch's FlopCounterMode.
+
+    None where FlopCounterMode cannot follow the step: the critic's gradient penalty (``skd``/``ifvd`` with
+    the holistic term) calls ``autograd.grad``, which its hooks do not support (torch 2.14).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        loss = d(images, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss = d(images, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.total.backward()
+    except RuntimeError:
+        return None
     return float(counter.get_total_flops())
 
 
@@ -137,13 +148,42 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
                     "terms_s": time_terms(runs["apd"][0], images, labels, device, args.iters, 1),
                     "ratio_to_none": {m: med[m] / med["none"] for m in METHODS},
                     "ratio_to_kd": {m: med[m] / med["kd"] for m in METHODS},
-                    "apd_over_kd": med["apd"] / med["kd"]})
+                    "apd_over_kd": med["apd"] / med["kd"],
+                    "apd_over_kd_rounds": statistics.median(a / k for a, k in zip(times["apd"], times["kd"]))})
+        res["verdict"] = "ok" if res["apd_over_kd"] <= TARGET else f"over {TARGET}x"
     if args.flops:
         flops = {m: count_flops(*runs[m], images, labels) for m in METHODS}
-        res.update({"gflops": {m: v / 1e9 for m, v in flops.items()},
+        res.update({"gflops": {m: None if v is None else v / 1e9 for m, v in flops.items()},
                     "flops_apd_over_kd": flops["apd"] / flops["kd"],
-                    "flops_ratio_to_kd": {m: flops[m] / flops["kd"] for m in METHODS}})
+                    "flops_ratio_to_kd": {m: None if v is None else v / flops["kd"] for m, v in flops.items()}})
     return res
+
+
+def render(doc: dict) -> str:
+    """The .md next to the JSON: command, machine, settings, and per student every method's step and ratio."""
+    methods = doc["methods"]
+    lines = [
+        "# Training-step time of every distiller, as a ratio to `kd`",
+        "",
+        f"Command (from the repo root): `{doc['command']}`; {doc['date']}.",
+        f"Machine: {doc['machine']}; torch {doc['torch']}, {doc['threads']} thread(s), clock `{doc['clock']}` "
+        f"(process: this process's CPU time, robust to other jobs), load average {doc['loadavg_end'][0]:.1f} "
+        "at the end.",
+        f"Settings: teacher `{doc['teacher']}` (output stride {doc['teacher_stride']}, random weights), input "
+        f"{doc['batch']}x3x{doc['size'][0]}x{doc['size'][1]}, {doc['classes']} classes, {doc['warmup']} warm-up "
+        f"round(s) dropped, median of {doc['iters']} rounds; each round runs every method once, the start "
+        "rotating. `-nohol` = the method without its holistic (critic) term. `apd/kd` = ratio of the medians; "
+        f"`per round` = median of the rounds' apd/kd ratios. Target: apd/kd <= {doc['target_apd_over_kd']}.",
+        "",
+        "| student | " + " | ".join(f"{m} ms (/kd)" for m in methods) + " | apd/kd | per round | FLOPs apd/kd | verdict |",
+        "|---|" + "---|" * (len(methods) + 4),
+    ]
+    for name, r in doc["students"].items():
+        med, ratio = r["median_s"], r["ratio_to_kd"]
+        flops = f"{r['flops_apd_over_kd']:.3f}" if "flops_apd_over_kd" in r else "n/a"
+        lines.append(f"| {name} | " + " | ".join(f"{med[m] * 1e3:.0f} ({ratio[m]:.2f})" for m in methods)
+                     + f" | {r['apd_over_kd']:.3f} | {r['apd_over_kd_rounds']:.3f} | {flops} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -164,9 +204,13 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
                     help="comma-separated subset of " + ",".join(ALL_METHODS) + " (none, kd and apd are always timed)")
     ap.add_argument("--verbose", action="store_true", help="print every timed round")
-    ap.add_argument("--merge", action="store_true", help="add these students to an existing --out file")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_step.json"))
+    ap.add_argument("--render", action="store_true", help="only write the .md next to --out from the JSON")
     args = ap.parse_args()
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(render(json.loads(out.read_text())))
+        return
     size = tuple(int(v) for v in args.size.lower().split("x"))
     if len(size) != 2 or any(v % 32 for v in size):
         raise SystemExit(f"error: --size {args.size}: expected HxW, multiples of 32")
@@ -182,34 +226,28 @@ def main() -> None:
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
 
     teacher = build_model(args.teacher, args.classes, output_stride=args.teacher_stride).to(device)
-    command = "python benchmarks/train_step.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-        if k not in ("merge", "verbose") and v is not False)
+    out = Path(args.out).resolve()
+    shown = {**vars(args), "out": os.path.relpath(out, REPO) if out.is_relative_to(REPO) else str(out)}
+    command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python benchmarks/train_step.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in shown.items()
+        if k != "verbose" and v is not False)
+    info = machine_info()
     settings = {"teacher": args.teacher, "teacher_stride": args.teacher_stride, "size": list(size),
                 "batch": args.batch, "classes": args.classes, "iters": args.iters, "warmup": args.warmup,
                 "device": str(device), "clock": args.clock, "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                "torch": torch.__version__, "machine": describe(info),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": sys.version.split()[0]}
     results = {}
     for name in [s for s in args.students.split(",") if s]:
         print(f"timing {name} ...", flush=True)
-        results[name] = {"command": command, "settings": settings, **bench_student(name, teacher, args, device, size)}
+        row = bench_student(name, teacher, args, device, size)
+        results[name] = {"command": command, "settings": {**settings, "loadavg": list(os.getloadavg())}, **row}
 
-    report = {"command": command, **{k: v for k, v in settings.items() if k != "date"}, "methods": list(METHODS),
-              "target_apd_over_kd": TARGET, "students": results}
-    out = Path(args.out)
+    report = {"command": command, **settings, "machine_info": info, "loadavg_end": list(os.getloadavg()),
+              "methods": list(METHODS), "target_apd_over_kd": TARGET, "students": results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.merge and out.is_file():  # students timed in separate runs under the same settings
-        old = json.loads(out.read_text())
-        same = all(old.get(k) == report.get(k) for k in ("teacher", "teacher_stride", "size", "batch", "classes",
-                                                          "device", "threads", "clock"))
-        if same:
-            merged = dict(old.get("students", {}))
-            for name, r in results.items():
-                merged[name] = {**merged.get(name, {}), **r}
-            report["students"] = merged
-            report["commands"] = old.get("commands", [old.get("command")]) + [report["command"]]
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(report))
     results = report["students"]
 
     if args.flops:
@@ -217,7 +255,8 @@ def main() -> None:
         print(f"{'student':<12}" + "".join(f"{m:>10}" for m in METHODS) + f"{'apd/kd':>8}")
         for name, r in results.items():
             if "gflops" in r:
-                print(f"{name:<12}" + "".join(f"{r['gflops'][m]:>10.1f}" for m in METHODS) + f"{r['flops_apd_over_kd']:>8.3f}")
+                print(f"{name:<12}" + "".join("n/a".rjust(10) if r["gflops"][m] is None else f"{r['gflops'][m]:>10.1f}"
+                                              for m in METHODS) + f"{r['flops_apd_over_kd']:>8.3f}")
     if not args.iters:
         print(f"wrote {out}")
         return
@@ -225,16 +264,16 @@ def main() -> None:
     print(f"\nmedian train step, {args.batch}x3x{size[0]}x{size[1]}, teacher {args.teacher}, {device}, "
           f"{torch.get_num_threads()} threads, {args.iters} rounds")
     head = f"{'student':<12}" + "".join(f"{m + ' ms':>10}" for m in core) + "".join(
-        f"{m + '/none':>10}" for m in core[1:]) + f"{'apd/kd':>8}{'terms ms':>10}{'kd ms':>8}  verdict"
+        f"{m + '/none':>10}" for m in core[1:]) + f"{'apd/kd':>8}{'rounds':>8}{'terms ms':>10}{'kd ms':>8}  verdict"
     print(head)
     for name, r in results.items():
         if "median_s" not in r:
             continue
         med, ratio = r["median_s"], r["ratio_to_none"]
-        verdict = "ok" if r["apd_over_kd"] <= TARGET else f"over {TARGET}x"
+        verdict = r["verdict"]
         print(f"{name:<12}" + "".join(f"{med[m] * 1e3:>10.0f}" for m in core)
               + "".join(f"{ratio[m]:>10.2f}" for m in core[1:])
-              + f"{r['apd_over_kd']:>8.3f}{r['terms_s']['apd_terms'] * 1e3:>10.1f}{r['terms_s']['kd_term'] * 1e3:>8.1f}  {verdict}")
+              + f"{r['apd_over_kd']:>8.3f}{r['apd_over_kd_rounds']:>8.3f}{r['terms_s']['apd_terms'] * 1e3:>10.1f}{r['terms_s']['kd_term'] * 1e3:>8.1f}  {verdict}")
     print("\nevery method: median step and its ratio to kd's (same run; -nohol = holistic term off)")
     print(f"{'student':<12}{'method':<12}{'ms':>8}{'/kd':>8}")
     for name, r in results.items():

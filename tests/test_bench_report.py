@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from apd_edge.bench.report import Row, format_table, markdown_table, write_all
-from apd_edge.bench.timing import HostMemory, parse_proc_status, percentile, summarize, time_calls
+from apd_edge.bench.timing import (HostMemory, parse_proc_status, percentile, summarize, time_calls,
+                                   time_interleaved)
 
 
 def test_percentiles_match_numpy():
@@ -30,6 +31,45 @@ def test_time_calls_excludes_warmup_and_syncs():
     assert len(syncs) == 6  # once after warm-up, once per timed call
     with pytest.raises(ValueError):
         time_calls(lambda: None, 0, 0)
+
+
+class _DriftingMachine:
+    """A fake clock whose calls get faster over time (another job finishing): ``infer`` costs ``load`` ms,
+    the pipeline ``load`` + 1 ms, and every call lowers the load by 0.5 ms."""
+
+    def __init__(self) -> None:
+        self.now, self.load = 0.0, 40.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def infer(self) -> None:
+        self.now += self.load / 1000.0
+        self.load -= 0.5
+
+    def e2e(self) -> None:
+        self.now += 0.001
+        self.infer()
+
+
+def test_time_interleaved_keeps_the_pipeline_above_its_part_when_load_drifts(monkeypatch):
+    import apd_edge.bench.timing as timing
+
+    m = _DriftingMachine()
+    monkeypatch.setattr(timing, "time", m)
+    blocks = summarize(time_calls(m.infer, 0, 20)), summarize(time_calls(m.e2e, 0, 20))
+    assert blocks[1]["p50"] < blocks[0]["p50"]  # the old way: e2e "faster" than the infer inside it
+    m = _DriftingMachine()
+    monkeypatch.setattr(timing, "time", m)
+    calls = []
+    got = time_interleaved({"infer": lambda: (calls.append("i"), m.infer()),
+                            "e2e": lambda: (calls.append("e"), m.e2e())}, warmup=1, iters=20)
+    assert len(got["infer"]) == len(got["e2e"]) == 20 and calls[:4] == ["i", "e", "i", "e"]
+    assert calls[4:6] == ["e", "i"]  # the starting function rotates each round
+    med = summarize(got["infer"])["p50"], summarize(got["e2e"])["p50"]
+    assert med[0] < med[1] < med[0] + 1.5
+    with pytest.raises(ValueError):
+        time_interleaved({"a": lambda: None}, 0, 0)
 
 
 def test_proc_status_and_host_memory():

@@ -61,6 +61,36 @@ def time_calls(
     return out
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: int, iters: int, sync: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
+    """Time several functions in alternating rounds; return each one's wall times in ms.
+
+    Round ``i`` calls every function once, starting at a rotating position, so a change of machine
+    load (other jobs, clocks) hits all of them alike. Timing them one after another in blocks lets
+    load drift between the blocks: a pipeline that contains ``infer`` could then read faster than
+    ``infer`` alone.
+    """
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    names = list(fns)
+    for _ in range(max(0, warmup)):
+        for name in names:
+            fns[name]()
+    if sync is not None:
+        sync()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(iters):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[name]()
+            if sync is not None:
+                sync()
+            out[name].append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
 def time_cuda_events(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
     """GPU time of each call in ms from a ``torch.cuda.Event`` pair (torch backend on CUDA only)."""
     import torch
