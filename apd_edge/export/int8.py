@@ -196,8 +196,12 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         known = set(names)
         overrides = {k: float(v) for k, v in (range_overrides(pre) if range_overrides else {}).items() if k in known}
 
+        calibrated: dict[str, dict[str, float]] = {}
+
         def ranges_for(m: str) -> dict[str, float]:
-            return {**coll.ranges(m, percentile), **overrides}
+            if m not in calibrated:  # the threshold searches run once per method, whatever the schemes
+                calibrated[m] = coll.ranges(m, percentile)
+            return {**calibrated[m], **overrides}
 
         cls_nodes = classifier_nodes(pre)
         base_excl = list(dict.fromkeys(list(nodes_to_exclude) + cls_nodes))
