@@ -279,3 +279,23 @@ def test_cli_qat_and_errors(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert "fake-quant start" in res.output and "apd-edge export" in res.output
     assert load_checkpoint(tmp_path / "cli_qat" / "last.pt")["qat"]["config"]["iterations"] == 2
+
+
+def test_imported_extra_class_survives_qat(trained, tmp_path):
+    """An imported model with a trailing output the dataset does not label (the ESPNet authors' void): QAT keeps
+    the declaration (so eval/export score it as an error) and scores its own val mIoU the same way."""
+    from apd_edge.checkpoint import load_checkpoint, save_checkpoint
+    from apd_edge.models import build_model
+
+    ckpt = load_checkpoint(trained / "best.pt")
+    k = int(ckpt["num_classes"])
+    model = build_model(ckpt["model_name"], num_classes=k + 1, **(ckpt.get("model_kwargs") or {}))
+    ckpt.update(num_classes=k + 1, model=model.state_dict(), extra_classes=["void"],
+                classes=list(ckpt.get("classes") or [f"c{i}" for i in range(k)]) + ["void"])
+    src = tmp_path / "imported" / "best.pt"
+    save_checkpoint(ckpt, src)
+    run = run_qat(src, _cfg(iterations=2), output_dir=tmp_path, name="imp_qat", progress=False)
+    out = load_checkpoint(run / "best.pt")
+    assert out["extra_classes"] == ["void"] and out["num_classes"] == k + 1
+    start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["type"] == "start" and 0.0 <= start["fp32_miou"] <= 1.0

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..config import IGNORE_INDEX, Recipe, RecipeError, _build, _parse_override, recipe_from_dict, recipe_to_dict
 from ..errors import ApdError, suggest
+from ..metrics import scored_classes
 from ..checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .fakequant import (QMAX, QMIN, activation_scales, fp32_state_dict, freeze_batchnorm, insert_fake_quant,
                         load_activation_scales, quantizable_convs, set_observing)
@@ -206,6 +207,9 @@ class QATRun:
 
         val_ds = build_dataset(r.data, r.data.val_split)
         self.num_classes = int(ckpt["num_classes"])
+        # an imported model's trailing outputs the dataset does not label (e.g. void): scored as errors, kept
+        self.extra_classes = list(ckpt.get("extra_classes") or [])
+        self.scored = scored_classes(self.num_classes, val_ds.num_classes, self.extra_classes, where=str(self.source))
         self.class_names = list(ckpt.get("classes") or val_ds.class_names)
         self.palette = ckpt.get("palette") or [list(map(int, c)) for c in val_ds.palette]
         self.train_loader = build_loader(r, r.data.train_split, train=True, batch_size=cfg.batch_size)
@@ -316,6 +320,8 @@ class QATRun:
             "best_step": self.best_step, "classes": self.class_names, "palette": self.palette,
             "mean": list(c.get("mean") or self.recipe.data.mean), "std": list(c.get("std") or self.recipe.data.std),
             "method": c.get("method", self.recipe.distill.method), "qat": self.qat_section(),
+            **({"extra_classes": self.extra_classes} if self.extra_classes else {}),
+            **({"imported": c["imported"]} if "imported" in c else {}),
         }
 
     def _save_last(self) -> None:
@@ -352,8 +358,9 @@ class QATRun:
 
         e = self.recipe.eval
         with _ForkedRNG():
-            res = evaluate(model, self.val_loader, self.num_classes, flip=e.flip, scales=e.scales,
-                           window=e.sliding_window, stride=e.sliding_stride, progress=False)
+            res = evaluate(model, self.val_loader, self.scored, flip=e.flip, scales=e.scales,
+                           window=e.sliding_window, stride=e.sliding_stride, progress=False,
+                           extra_classes=len(self.extra_classes))
         model.eval()
         return res
 
