@@ -290,7 +290,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise RecipeError(
-                f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}{suggest(str(value), map(str, choices))}"
+                f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}"
+                f"{suggest(str(value), map(str, choices))}"
             )
         return value
     if origin is list:

@@ -48,7 +48,8 @@ def format_pipeline(res: dict[str, Any]) -> str:
     """The quick start's closing table: teacher and student, then one line per exported precision."""
     from .engine.quickstart import format_table
 
-    lines = [format_table(res), "", f"bundle {res['bundle']} (export {res['export_seconds']:.0f} s); ONNX Runtime, CPU:"]
+    lines = [format_table(res), "",
+             f"bundle {res['bundle']} (export {res['export_seconds']:.0f} s); ONNX Runtime, CPU:"]
     head = ("precision", "size MB", "mIoU %", "ms p50", "ms p90", "status")
     body = []
     for r in res["bench"]:
@@ -59,5 +60,6 @@ def format_pipeline(res: dict[str, Any]) -> str:
                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"))
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     for row in [head, *body]:
-        lines.append("  ".join(str(c).rjust(w) if 0 < i < 5 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append("  ".join(str(c).rjust(w) if 0 < i < 5 else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
     return "\n".join(lines)

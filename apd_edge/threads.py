@@ -47,7 +47,8 @@ def resolve_threads(requested: int | None = None, recipe_value: int | None = Non
     if requested is not None and requested < 1 or recipe_value is not None and recipe_value < 1:
         from .errors import ApdError
 
-        raise ApdError(f"--threads: expected a positive number, got {requested if requested is not None else recipe_value}")
+        raise ApdError("--threads: expected a positive number, "
+                       f"got {requested if requested is not None else recipe_value}")
     # under torchrun the free cores are shared by the processes of this machine
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     n = requested or recipe_value or max(1, free_cores(cores, load) // local)

@@ -343,7 +343,8 @@ def cmd_report(args) -> None:
         lines += [extra, ""]
     tname = st.get("teacher", "pspnet_r50")
     lines += [f"Teacher `{tname}` (from scratch): val mIoU **{100 * teacher['final_miou']:.2f}**, "
-              f"{teacher['steps']} steps in {teacher['wall_time_s'] / 60:.1f} min." if teacher else "Teacher: missing.", ""]
+              f"{teacher['steps']} steps in {teacher['wall_time_s'] / 60:.1f} min."
+              if teacher else "Teacher: missing.", ""]
     table = {}
     for model, by_method in results.items():
         seeds = sorted({s for v in by_method.values() for s, _, _ in v})

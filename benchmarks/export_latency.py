@@ -42,7 +42,8 @@ def bench_student(name: str, camvid: str, tmp: Path, args) -> dict:
     bundle = export_bundle(ckpt, tmp / name / "bundle", precisions=("fp32", "int8"), calib_images=args.calib_images,
                            parity_images=2, progress=False)
     img, _ = build_dataset(recipe.data, "val")[0]
-    segs = {p: Segmenter.from_bundle(bundle, backend="ort", precision=p, threads=args.threads) for p in ("fp32", "int8")}
+    segs = {p: Segmenter.from_bundle(bundle, backend="ort", precision=p, threads=args.threads)
+            for p in ("fp32", "int8")}
     x, _ = segs["fp32"].preprocess(img)
     model.eval()
     xt = torch.from_numpy(x)
@@ -91,7 +92,8 @@ def main() -> None:
     out = REPO / "benchmarks" / "results" / "export_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'model':<12} {'torch ms':>9} {'ort fp32 ms':>11} {'ort int8 ms':>11} {'fp32 x':>7} {'int8 x':>7} {'int8/fp32':>9}")
+    print(f"{'model':<12} {'torch ms':>9} {'ort fp32 ms':>11} {'ort int8 ms':>11} "
+          f"{'fp32 x':>7} {'int8 x':>7} {'int8/fp32':>9}")
     for r in rows:
         m, s = r["median_ms"], r["speedup_vs_torch"]
         print(f"{r['model']:<12} {m['torch_eager']:>9.1f} {m['ort_fp32']:>11.1f} {m['ort_int8']:>11.1f} "

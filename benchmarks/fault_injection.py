@@ -222,7 +222,8 @@ def main() -> int:
         f"**Verdict: {result['verdict']}** (>= {args.kills} kills, finished, weights and optimizer state equal, "
         "losses equal, no kill lost more than one checkpoint interval)",
         "",
-        "| kill | phase | after (s) | resumed from | last logged step | checkpoint step | steps lost | temp files left |",
+        "| kill | phase | after (s) | resumed from | last logged step | checkpoint step | steps lost "
+        "| temp files left |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for i, k in enumerate(kills, 1):

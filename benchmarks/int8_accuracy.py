@@ -206,22 +206,25 @@ def _md(doc: dict) -> str:
             L.append(f"| {name} | {var} | {how} | {v['float_layers']} / {v['groups']} | {v['miou_fp32']:.2f} | "
                      f"{v['miou_int8']:.2f} | {v['miou_fp32'] - v['miou_int8']:+.2f} | {v['target']['met']} | "
                      f"{v['seconds']:.0f} |")
-    L += ["", "Data: " + "; ".join(f"{name}: {r['data_root']}" for name, r in doc["models"].items() if r.get("data_root"))]
+    L += ["", "Data: " + "; ".join(f"{name}: {r['data_root']}" for name, r in doc["models"].items()
+                                   if r.get("data_root"))]
     L += ["", "## Calibration memory (512 images at the export size, calibration alone, subprocess peak RSS)\n",
           "| model | size | tensors | images | peak RSS MB | seconds |", "|---|---|---:|---:|---:|---:|"]
     for name, r in doc["models"].items():
         c = r.get("calib_rss")
         if c:
-            L.append(f"| {name} | {r['latency']['size'][0]}x{r['latency']['size'][1]} | {c['tensors']} | {c['images']} | "
-                     f"{c['peak_rss_mb']:.0f} | {c['seconds']:.0f} |")
+            L.append(f"| {name} | {r['latency']['size'][0]}x{r['latency']['size'][1]} | {c['tensors']} | "
+                     f"{c['images']} | {c['peak_rss_mb']:.0f} | {c['seconds']:.0f} |")
     L += ["", "## CPU latency (ms, batch 1, median of interleaved rounds)\n",
-          "| model | size | threads | PyTorch eager | ORT FP32 | ORT INT8 (TensorRT graph, s8 act.) | ORT INT8 (CPU twin, u8 act.) "
+          "| model | size | threads | PyTorch eager | ORT FP32 | ORT INT8 (TensorRT graph, s8 act.) "
+          "| ORT INT8 (CPU twin, u8 act.) "
           "| INT8 CPU speed-up vs FP32 | ORT FP32 / PyTorch |",
           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in doc["models"].items():
         t = r.get("latency")
         if t:
-            L.append(f"| {name} | {t['size'][0]}x{t['size'][1]} | {t['threads']} | {t['torch_eager']:.1f} | {t['ort_fp32']:.1f} | "
+            L.append(f"| {name} | {t['size'][0]}x{t['size'][1]} | {t['threads']} | {t['torch_eager']:.1f} | "
+                     f"{t['ort_fp32']:.1f} | "
                      f"{t.get('ort_int8_trt_graph', float('nan')):.1f} | {t.get('ort_int8_cpu', float('nan')):.1f} | "
                      f"{t['int8_cpu_speedup_vs_fp32']:.2f}x | {t['ort_fp32_over_torch']:.2f} |")
     v = doc["verdicts"]

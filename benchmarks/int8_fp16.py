@@ -73,7 +73,8 @@ def score(bundle: Path, graphs: dict[str, Path], data_root: str, threads: int, l
     k, p = ds.num_classes, m["preprocess"]
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.log_severity_level = threads, 3
-    sess = {name: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]) for name, path in graphs.items()}
+    sess = {name: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            for name, path in graphs.items()}
     cms = {name: np.zeros((k + 1, k + 1), np.int64) for name in graphs}
     agree = {name: 0 for name in graphs}
     pixels, n = 0, len(ds) if limit is None else min(limit, len(ds))
@@ -139,7 +140,8 @@ def main() -> None:
     lines += ["", f"Conversion: {info['scales']} scales to FP16 ({info['scales_clamped']} below the smallest FP16 "
               f"clamped), {info['weights_changed']} int8 weight values re-derived, opset {info['opset']}.", "",
               f"Verdict (computed): FP16 float layers change the INT8 drop by {d16 - d32:+.2f} points "
-              f"({d32:.2f} -> {d16:.2f}); with a {args.target} target and a {FP16_TOLERANCE} tolerance `--int8-float auto` "
+              f"({d32:.2f} -> {d16:.2f}); with a {args.target} target and a {FP16_TOLERANCE} tolerance "
+              "`--int8-float auto` "
               f"keeps **{auto}** float layers."]
     (out / f"int8_fp16_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

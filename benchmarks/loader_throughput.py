@@ -160,11 +160,13 @@ def main() -> None:
     ratio = load_ips / train_ips
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     result = {
-        **prov, "settings": vars(args), "dataset": args.dataset, "crop": list(crop), "batch": args.batch, "train_batch": train_batch, "workers": recipe.data.workers,
+        **prov, "settings": vars(args), "dataset": args.dataset, "crop": list(crop), "batch": args.batch,
+        "train_batch": train_batch, "workers": recipe.data.workers,
         "device": str(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "loader_images_per_s": load_ips, "loader_images_per_s_one_core": core_ips, "train_images_per_s": train_ips, "train_images_per_cpu_s": train_cpu_ips, "ratio": ratio, "target": TARGET,
+        "loader_images_per_s": load_ips, "loader_images_per_s_one_core": core_ips, "train_images_per_s": train_ips,
+        "train_images_per_cpu_s": train_cpu_ips, "ratio": ratio, "target": TARGET,
         "verdict": verdict, "fed_train_images_per_s": fed_ips, "fed_wait_fraction": wait,
         "load_avg": os.getloadavg(),  # at the end (``loadavg``: at the start)
     }

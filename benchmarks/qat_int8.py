@@ -70,7 +70,8 @@ def score_bundle(bundle: Path, data_root: str | None, precisions=("fp32", "int8"
             gt = mask.reshape(-1)
             keep = gt != 255
             pred = np.minimum(lab[keep], k)  # any extra output class is one "wrong" bucket
-            cms[p] += np.bincount(gt[keep].astype(np.int64) * (k + 1) + pred, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+            cms[p] += np.bincount(gt[keep].astype(np.int64) * (k + 1) + pred,
+                                  minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
         if "int8" in labs:
             agree += int((labs["int8"] == labs["fp32"]).sum())
             pixels += labs["fp32"].size
@@ -145,10 +146,12 @@ def main() -> None:
         jobs += [("QAT, QAT ranges", qat_run, {"qat_ranges": True})] + (
             [("QAT, calibrated ranges", qat_run, {"qat_ranges": False})] if args.both_ranges else [])
     for label, run, kw in jobs:
-        out = work / "bundles" / label.split(" ")[0].lower().replace(",", "") / ("qat_ranges" if kw.get("qat_ranges") else "calib")
+        out = (work / "bundles" / label.split(" ")[0].lower().replace(",", "")
+               / ("qat_ranges" if kw.get("qat_ranges") else "calib"))
         t = time.perf_counter()
         bundle = export_bundle(run, out, **common, **kw)
-        rows[label] = {"bundle": str(bundle), "export_s": time.perf_counter() - t, **score_bundle(bundle, args.data_root, threads=args.threads)}
+        rows[label] = {"bundle": str(bundle), "export_s": time.perf_counter() - t,
+                       **score_bundle(bundle, args.data_root, threads=args.threads)}
         print(label, rows[label], file=sys.stderr, flush=True)
 
     result = {
@@ -178,7 +181,8 @@ def main() -> None:
              f"{args.calib_images} images; QAT {steps} steps (mIoU over the dataset's classes, all val images)",
              "", "| export | FP32 mIoU | INT8 mIoU | INT8 - FP32 | INT8 argmax agreement |", "|---|---|---|---|---|"]
     for label, r in rows.items():
-        lines.append(f"| {label} | {r['fp32_miou']:.2f} | {r['int8_miou']:.2f} | {r['int8_miou'] - r['fp32_miou']:+.2f} "
+        lines.append(f"| {label} | {r['fp32_miou']:.2f} | {r['int8_miou']:.2f} | "
+                     f"{r['int8_miou'] - r['fp32_miou']:+.2f} "
                      f"| {r['int8_agreement']:.1f} % |")
     if "PTQ (source)" in rows:
         ref = rows["PTQ (source)"]["fp32_miou"]

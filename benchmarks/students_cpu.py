@@ -70,7 +70,8 @@ def model_source(name: str, args, work: Path) -> tuple[Path, str, bool]:
         run = Path(import_weights(args.weights, out=work / "runs", data_root=args.camvid, force=True))
         return run, (f"the ESPNet authors' CamVid model {_relative(Path(args.weights))} "
                      f"(sha256 {sha256_file(args.weights)[:12]}), imported"), True
-    return random_checkpoint(name, Path(args.camvid), work), "UNTRAINED (random init): latency only, mIoU not reported", False
+    return (random_checkpoint(name, Path(args.camvid), work),
+            "UNTRAINED (random init): latency only, mIoU not reported", False)
 
 
 def main() -> None:

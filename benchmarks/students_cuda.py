@@ -99,7 +99,8 @@ def main() -> None:
                 got = run_bench([ckpt], backends=["torch"], precisions=["fp32", "fp16"], device=args.device,
                                 batch=args.batch, warmup=args.warmup, iters=args.iters, data=data,
                                 max_images=args.max_images,
-                                channels_last=graphed, cuda_graph=graphed, out=work / f"{name}_{dataset}_{int(graphed)}",
+                                channels_last=graphed, cuda_graph=graphed,
+                                out=work / f"{name}_{dataset}_{int(graphed)}",
                                 echo=lambda s: None)
                 for r in got:
                     r.model = f"{name} {h}x{w}" + ("" if trained else " (untrained)") + (
@@ -119,7 +120,8 @@ GPU_MEMORY = (
     "row, in MiB: `torch.cuda.max_memory_allocated` from just after the model was loaded to the end of the row "
     "(batch-1 and batch-N timing, CUDA-graph capture). It is not the model's memory need: the runner sets "
     "`torch.backends.cudnn.benchmark = True`, and the workspaces cuDNN's autotuner allocates while it tries "
-    "convolution algorithms for each new input shape count in this peak. The 10 GB (360x480) and 78-79 GB (1024x2048) MobileNetV2 "
+    "convolution algorithms for each new input shape count in this peak. The 10 GB (360x480) and "
+    "78-79 GB (1024x2048) MobileNetV2 "
     "FP32 rows, against 0.3-3 GB for FP16 eager at the same shapes, are mostly such workspace (inferred from that "
     "contrast); the steady-state footprint was not measured separately."
 )

@@ -1,7 +1,8 @@
 """Speed-up of teacher sharing: the same runs trained apart (``apd-edge distill`` each) vs. in one study.
 
 Students x methods of one seed, each for ``--steps`` steps at the CPU study's tensor sizes (batch 8,
-160x224 crops, 10 synthetic classes (CamVid has 11), PSPNet-R18 teacher at output stride 16), on synthetic images so no val set
+160x224 crops, 10 synthetic classes (CamVid has 11), PSPNet-R18 teacher at output stride 16), on synthetic
+images so no val set
 dominates the timing (2 val images). Both sides build their runs (construction included) and train the
 same steps; the study computes one teacher forward per batch, the separate runs one each. Times are this
 process's CPU time (robust on a shared machine) and wall time. Usage:
@@ -59,7 +60,8 @@ def main() -> None:
                 "teacher": {"name": "pspnet_r18", "kwargs": {"output_stride": 16}, "checkpoint": None}}
         (tmp / "plan.yaml").write_text(yaml.safe_dump(plan))
         # warm-up (lazy imports, allocator, oneDNN kernels): one step of every student with the costliest method
-        warm = dict(plan, output_dir=str(tmp / "warm"), methods=[plan["methods"][-1]], set=[*common, "train.iterations=1"])
+        warm = dict(plan, output_dir=str(tmp / "warm"), methods=[plan["methods"][-1]],
+                    set=[*common, "train.iterations=1"])
         (tmp / "warm.yaml").write_text(yaml.safe_dump(warm))
         run_study(load_plan(tmp / "warm.yaml"), progress=False, log=lambda m: None)
         p = load_plan(tmp / "plan.yaml")

@@ -140,7 +140,8 @@ def bench_student(name: str, teacher, args, device, size) -> dict:
             if r >= args.warmup:
                 times[m].append(dt)
         if args.verbose:
-            print(f"  round {r}: " + ", ".join(f"{m} {times[m][-1] * 1e3:.0f} ms" for m in METHODS if times[m]), flush=True)
+            print(f"  round {r}: " + ", ".join(f"{m} {times[m][-1] * 1e3:.0f} ms" for m in METHODS if times[m]),
+                  flush=True)
     med = {m: statistics.median(v) for m, v in times.items()} if args.iters else {}
     res: dict = {}
     if med:
@@ -175,7 +176,8 @@ def render(doc: dict) -> str:
         "rotating. `-nohol` = the method without its holistic (critic) term. `apd/kd` = ratio of the medians; "
         f"`per round` = median of the rounds' apd/kd ratios. Target: apd/kd <= {doc['target_apd_over_kd']}.",
         "",
-        "| student | " + " | ".join(f"{m} ms (/kd)" for m in methods) + " | apd/kd | per round | FLOPs apd/kd | verdict |",
+        "| student | " + " | ".join(f"{m} ms (/kd)" for m in methods)
+        + " | apd/kd | per round | FLOPs apd/kd | verdict |",
         "|---|" + "---|" * (len(methods) + 4),
     ]
     for name, r in doc["students"].items():
@@ -199,7 +201,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
-                    help="wall: perf_counter; process: this process's CPU time (use with --threads 1 on a busy machine)")
+                    help="wall: perf_counter; process: this process's CPU time "
+                         "(use with --threads 1 on a busy machine)")
     ap.add_argument("--flops", action="store_true", help="also count matmul/conv FLOPs of one step per method")
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
                     help="comma-separated subset of " + ",".join(ALL_METHODS) + " (none, kd and apd are always timed)")
@@ -228,9 +231,9 @@ def main() -> None:
     teacher = build_model(args.teacher, args.classes, output_stride=args.teacher_stride).to(device)
     out = Path(args.out).resolve()
     shown = {**vars(args), "out": os.path.relpath(out, REPO) if out.is_relative_to(REPO) else str(out)}
-    command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python benchmarks/train_step.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in shown.items()
-        if k != "verbose" and v is not False)
+    command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python benchmarks/train_step.py "
+               + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in shown.items()
+                          if k != "verbose" and v is not False))
     info = machine_info()
     settings = {"teacher": args.teacher, "teacher_stride": args.teacher_stride, "size": list(size),
                 "batch": args.batch, "classes": args.classes, "iters": args.iters, "warmup": args.warmup,
@@ -273,7 +276,8 @@ def main() -> None:
         verdict = r["verdict"]
         print(f"{name:<12}" + "".join(f"{med[m] * 1e3:>10.0f}" for m in core)
               + "".join(f"{ratio[m]:>10.2f}" for m in core[1:])
-              + f"{r['apd_over_kd']:>8.3f}{r['apd_over_kd_rounds']:>8.3f}{r['terms_s']['apd_terms'] * 1e3:>10.1f}{r['terms_s']['kd_term'] * 1e3:>8.1f}  {verdict}")
+              + f"{r['apd_over_kd']:>8.3f}{r['apd_over_kd_rounds']:>8.3f}"
+                f"{r['terms_s']['apd_terms'] * 1e3:>10.1f}{r['terms_s']['kd_term'] * 1e3:>8.1f}  {verdict}")
     print("\nevery method: median step and its ratio to kd's (same run; -nohol = holistic term off)")
     print(f"{'student':<12}{'method':<12}{'ms':>8}{'/kd':>8}")
     for name, r in results.items():

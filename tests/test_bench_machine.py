@@ -33,7 +33,8 @@ BogoMIPS\t: 62.50
 Hardware\t: NVIDIA Jetson AGX Orin
 """
 
-TEGRA = "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19 23:24:25 UTC 2024\n"
+TEGRA = ("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, "
+         "DATE: Fri Jul 19 23:24:25 UTC 2024\n")
 
 NVPMODEL = "NV Fan Mode:quiet\nNV Power Mode: MAXN\n0\n"
 NVPMODEL_15W = "NV Power Mode: 15W\n2\n"

@@ -104,8 +104,8 @@ def test_bench_goes_on_after_a_broken_artifact(tiny, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
-    rows = run_bench([broken, bundle], backends=["ort"], iters=3, warmup=0, threads=1, out=tmp_path, data="folder:" + str(tiny[2]),
-                     max_images=1, echo=lambda s: None, show_table=False)
+    rows = run_bench([broken, bundle], backends=["ort"], iters=3, warmup=0, threads=1, out=tmp_path,
+                     data="folder:" + str(tiny[2]), max_images=1, echo=lambda s: None, show_table=False)
     assert rows[0].status == "failed" and "not valid JSON" in rows[0].reason
     assert rows[1].status == "ok" and rows[1].eval_images == 1
 
@@ -233,7 +233,8 @@ def test_precision_notes_and_plot_axes_from_zero(tmp_path):
     orig = plt.Figure.savefig
 
     def spy(fig, *a, **k):
-        seen["ylim"], seen["xlim"], seen["title"] = fig.axes[0].get_ylim(), fig.axes[0].get_xlim(), fig.axes[0].get_title()
+        seen["ylim"], seen["xlim"], seen["title"] = (fig.axes[0].get_ylim(), fig.axes[0].get_xlim(),
+                                                     fig.axes[0].get_title())
         return orig(fig, *a, **k)
 
     plt.Figure.savefig = spy

@@ -72,7 +72,8 @@ def test_scaled_copy_keeps_labels_exact(study, tmp_path) -> None:
 
 def test_best_runs_picks_highest_final_miou(study, tmp_path) -> None:
     for name, model, miou in [("study_espnet_kd_s0", "espnet", 0.3), ("study_espnet_apd_s1", "espnet", 0.35),
-                              ("study_bisenetv2_none_s0", "bisenetv2", 0.2), ("study_bisenetv2_kd_s0", "bisenetv2", None)]:
+                              ("study_bisenetv2_none_s0", "bisenetv2", 0.2),
+                              ("study_bisenetv2_kd_s0", "bisenetv2", None)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps({"model": model, "final_miou": miou}))
     best = study._best_runs(tmp_path)

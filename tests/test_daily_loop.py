@@ -146,8 +146,10 @@ def test_runs_lists_best_miou(tmp_path):
         "model": "espnet", "method": "apd", "dataset": "camvid", "steps": 10, "iterations": 10, "best_miou": 0.4567,
         "best_step": 8, "final_miou": 0.45, "wall_time_s": 3.0}))
     (runs / "b").mkdir()  # unfinished: only metrics.jsonl and recipe.yaml
-    (runs / "b" / "recipe.yaml").write_text(yaml.safe_dump({"model": {"name": "bisenetv2"}, "train": {"iterations": 100}}))
-    (runs / "b" / "metrics.jsonl").write_text('{"type": "train", "step": 5}\n{"type": "eval", "step": 5, "miou": 0.1}\n')
+    (runs / "b" / "recipe.yaml").write_text(yaml.safe_dump({"model": {"name": "bisenetv2"},
+                                                            "train": {"iterations": 100}}))
+    (runs / "b" / "metrics.jsonl").write_text('{"type": "train", "step": 5}\n'
+                                              '{"type": "eval", "step": 5, "miou": 0.1}\n')
     (runs / "notarun").mkdir()
     res = CliRunner().invoke(cli, ["runs", str(runs), "--sort", "miou"])
     assert res.exit_code == 0, res.output

@@ -43,4 +43,5 @@ def test_synth_then_check(tmp_path):
 
 def test_list():
     res = CliRunner().invoke(cli, ["data", "list"])
-    assert res.exit_code == 0 and res.output.split() == ["ade20k", "camvid", "cityscapes", "folder", "pascal_context", "synthetic"]
+    assert res.exit_code == 0 and res.output.split() == ["ade20k", "camvid", "cityscapes", "folder",
+                                                         "pascal_context", "synthetic"]

@@ -163,7 +163,8 @@ def test_size_mismatch(tmp_path):
     camvid(tmp_path)
     png(tmp_path / "trainannot" / "img1.png", np.zeros((20, 32), np.uint8))
     ds = build_dataset(cfg("camvid", tmp_path), "train")
-    with pytest.raises(ApdError, match=r"sizes differ \(H x W\): .*train/img1\.png is 24x32, .*trainannot/img1\.png is 20x32"):
+    with pytest.raises(ApdError, match=r"sizes differ \(H x W\): .*train/img1\.png is 24x32, "
+                                       r".*trainannot/img1\.png is 20x32"):
         ds[1]
 
 

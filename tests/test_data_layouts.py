@@ -187,7 +187,8 @@ def test_recipe_check_catches_bad_dataset_options(tmp_path):
     path = _recipe(tmp_path, {"dataset": "folder", "root": str(root), "options": {"img_dir": "leftImg8bit"}})
     res = CliRunner().invoke(cli, ["recipe", "check", str(path)])
     assert res.exit_code == 2 and "folder not found: " in res.output and "masks/train" in res.output
-    res = CliRunner().invoke(cli, ["recipe", "check", str(path)] + [f"--set=data.options.{k}={v}" for k, v in SUFFIXES.items()])
+    res = CliRunner().invoke(cli, ["recipe", "check", str(path)]
+                             + [f"--set=data.options.{k}={v}" for k, v in SUFFIXES.items()])
     assert res.exit_code == 0, res.output
     assert "# data train: 3 images, 7 classes (folder)" in res.output
 

@@ -77,7 +77,8 @@ def _attempts(log: Path) -> list[str]:
 
 
 def test_blocker_blocks_and_logs(blocked):
-    res = blocked(code="import importlib.util as u\ntry:\n u.find_spec('torch')\nexcept ImportError: print('probe refused')\n"
+    res = blocked(code="import importlib.util as u\ntry:\n u.find_spec('torch')\n"
+                       "except ImportError: print('probe refused')\n"
                        "try:\n import torch\nexcept ImportError as e: print('blocked', e)")
     assert "probe refused" in res.stdout, res.stderr
     assert "blocked No module named 'torch' (blocked in this test)" in res.stdout, res.stderr
@@ -235,7 +236,8 @@ def test_samples_tampered_refused(bundle, tmp_path):
 @pytest.mark.parametrize("edit,msg", [
     (lambda m: m.update(num_classes=11, classes=m["classes"] + ["extra"], palette=m["palette"] + [[1, 2, 3]]),
      "the model outputs 10 classes but the manifest lists 11"),
-    (lambda m: m["preprocess"].update(size=[64, 128]), "model input is 64x96 but the manifest's preprocess.size is 64x128"),
+    (lambda m: m["preprocess"].update(size=[64, 128]),
+     "model input is 64x96 but the manifest's preprocess.size is 64x128"),
     (lambda m: m["input"].update(name="image"), "model input is 'input' but the manifest says 'image'"),
     (lambda m: m["outputs"].append({"name": "probs", "kind": "logits", "dtype": "float32", "shape": [1, 10, 64, 96]}),
      "lists output 'probs' but the model has only logits, labels"),

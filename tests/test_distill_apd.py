@@ -224,7 +224,8 @@ def test_eval_mode_does_not_step_teacher_projector():
 def loop_reference(fs, ft, labels, tau, scope):
     """Straightforward per-image / per-class loops for L_pk and L_pa (identity projectors)."""
     fs, ft = F.normalize(fs, dim=1), F.normalize(ft, dim=1)
-    groups = [(fs, ft, labels)] if scope == "batch" else [(fs[i:i + 1], ft[i:i + 1], labels[i:i + 1]) for i in range(len(fs))]
+    groups = ([(fs, ft, labels)] if scope == "batch"
+              else [(fs[i:i + 1], ft[i:i + 1], labels[i:i + 1]) for i in range(len(fs))])
     pks, pas = [], []
     for s, t, y in groups:
         classes = [c for c in range(C) if (y == c).any()]

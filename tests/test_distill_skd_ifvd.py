@@ -383,7 +383,8 @@ def test_engine_resume_with_the_critic_matches_an_uninterrupted_run(tmp_path):
     for k, v in b["distiller_extra"]["critic"].items():
         assert torch.equal(a["distiller_extra"]["critic"][k], v), k
     for k, v in b["distiller_extra"]["critic_optimizer"]["state"].items():
-        assert torch.equal(a["distiller_extra"]["critic_optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+        assert torch.equal(a["distiller_extra"]["critic_optimizer"]["state"][k]["momentum_buffer"],
+                           v["momentum_buffer"])
 
     def losses(run):
         recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

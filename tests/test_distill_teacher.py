@@ -87,7 +87,8 @@ def test_factory_teacher_with_hook(user_module, tmp_path):
 def test_factory_errors(user_module, tmp_path):
     with pytest.raises(ApdError, match="expected 'package.module:function'"):
         build_teacher(teacher_recipe(factory="nocolon", feat_module="x"), 3)
-    with pytest.raises(ApdError, match="cannot import module 'no_such_pkg_xyz.mod' \\(No module named 'no_such_pkg_xyz'"):
+    with pytest.raises(ApdError,
+                       match="cannot import module 'no_such_pkg_xyz.mod' \\(No module named 'no_such_pkg_xyz'"):
         build_teacher(teacher_recipe(factory="no_such_pkg_xyz.mod:make", feat_module="x"), 3)
     with pytest.raises(ApdError, match="did you mean 'make'"):
         build_teacher(teacher_recipe(factory=f"{user_module}:mkae", feat_module="body.act"), 3)

@@ -91,7 +91,8 @@ def test_fp32_kept_ops_read_unrounded_values(tmp_path, constant):
 
 def test_an_initializer_shared_by_fp32_and_fp16_nodes_stays_exact_for_the_fp32_one(tmp_path):
     k = numpy_helper.from_array(np.array([1 / 3], np.float32), "k")
-    nodes = [helper.make_node("Pow", ["x", "k"], ["p"], name="pow"), helper.make_node("Mul", ["p", "k"], ["y"], name="mul")]
+    nodes = [helper.make_node("Pow", ["x", "k"], ["p"], name="pow"),
+             helper.make_node("Mul", ["p", "k"], ["y"], name="mul")]
     onnx.save(_model(nodes, [k], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])]), tmp_path / "s.onnx")
     convert_fp16(tmp_path / "s.onnx", tmp_path / "s16.onnx")

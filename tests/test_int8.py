@@ -310,7 +310,8 @@ def test_find_file_prefers_the_cpu_twin_only_when_asked():
     from apd_edge.runtime.manifest import find_file
 
     m = {"name": "b", "files": [{"path": "model_int8.onnx", "format": "onnx", "precision": "int8"},
-                                {"path": "model_int8_cpu.onnx", "format": "onnx", "precision": "int8", "variant": "cpu"}]}
+                                {"path": "model_int8_cpu.onnx", "format": "onnx", "precision": "int8",
+                                 "variant": "cpu"}]}
     assert find_file(m, "onnx", "int8")["path"] == "model_int8.onnx"  # what TensorRT builds from
     assert find_file(m, "onnx", "int8", variant="cpu")["path"] == "model_int8_cpu.onnx"
     m["files"].pop()

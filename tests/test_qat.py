@@ -70,7 +70,8 @@ def test_activation_fake_quant_values_and_straight_through_gradient():
     x = torch.tensor([-20.0, -12.7, -0.26, -0.05, 0.0, 0.04, 0.15, 0.25, 3.333, 12.69, 12.8, 50.0], requires_grad=True)
     y = fake_quant_act(x, scale)
     np.testing.assert_allclose(y.detach().numpy(), _ref_qdq(x.detach().numpy(), 0.1), atol=1e-6)
-    assert float(y[0].detach()) == pytest.approx(-12.7) and float(y[-1].detach()) == pytest.approx(12.7)  # clamped to +-127 steps
+    # clamped to +-127 steps
+    assert float(y[0].detach()) == pytest.approx(-12.7) and float(y[-1].detach()) == pytest.approx(12.7)
     y.sum().backward()
     inside = (x.detach().abs() <= 12.7 + 1e-6).float()
     assert torch.equal(x.grad, inside)  # 1 inside the range, 0 outside
@@ -194,8 +195,8 @@ def test_qat_lowers_the_kl_to_the_fp32_model(trained, tmp_path):
     from apd_edge.data import build_loader
 
     torch.manual_seed(0)
-    run = QATRun(trained, _cfg(iterations=20, ce_weight=0.0, optimizer="sgd", lr=3e-3, ckpt_interval=20), output_dir=tmp_path,
-                 progress=False)
+    run = QATRun(trained, _cfg(iterations=20, ce_weight=0.0, optimizer="sgd", lr=3e-3, ckpt_interval=20),
+                 output_dir=tmp_path, progress=False)
     run.calibrate()
     images = next(iter(build_loader(run.recipe, "train", train=False, batch_size=12)))[0][:, :, :64, :96]
 

@@ -87,7 +87,7 @@ def test_set_lr_nan_is_a_one_line_error(tmp_path):
     assert _lines(res.output) == [next(ln for ln in _lines(res.output) if ln.startswith("error: train.lr"))]
 
 
-# ------------------------------------------------------------------------------------------------ 2. non-finite weights downstream
+# ---------------------------------------------------------------------------------- 2. non-finite weights downstream
 
 
 def _nan_checkpoint(tmp_path: Path) -> Path:
@@ -123,7 +123,8 @@ def test_runtime_refuses_non_finite_outputs():
         def infer(self, x, names):
             return {"logits": np.full((1, 3, 32, 32), np.nan, np.float32)}
 
-    manifest = {"name": "t", "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3, "mean": [0.5] * 3, "std": [0.5] * 3,
+    manifest = {"name": "t", "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3, "mean": [0.5] * 3,
+                "std": [0.5] * 3,
                 "outputs": [{"name": "logits", "kind": "logits"}],
                 "preprocess": {"mode": "resize", "size": [32, 32], "pad_fill": "reflect", "mean": [0.5] * 3,
                                "std": [0.5] * 3, "color": "RGB", "scale": 1 / 255, "layout": "NCHW"}}
@@ -246,7 +247,7 @@ def test_resume_cli_allow_change(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-# ------------------------------------------------------------------------------------------------ 5. one line everywhere
+# ------------------------------------------------------------------------------------------- 5. one line everywhere
 
 
 def _folder_data_with_a_bad_image(root: Path) -> None:

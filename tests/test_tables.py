@@ -25,7 +25,8 @@ def test_text_table_widths_alignment_rule():
 def test_a_short_row_runs_on_without_widening_its_column():
     """A skipped row's reason starts in its column and runs to the end of the line, unpadded."""
     reason = "TensorRT not installed " + "x" * 60
-    lines = text_table(["m", "status", "ms", "fps"], [["a", "ok", "1.00", "900"], ["b", "skipped", reason]]).splitlines()
+    lines = text_table(["m", "status", "ms", "fps"],
+                       [["a", "ok", "1.00", "900"], ["b", "skipped", reason]]).splitlines()
     assert lines[0] == "m  status   ms    fps"
     assert lines[2] == "a  ok       1.00  900"
     assert lines[3] == "b  skipped  " + reason and lines[3].index(reason) == lines[0].index("ms")

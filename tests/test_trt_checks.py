@@ -73,7 +73,8 @@ def test_no_device():
         try:
             check_cuda(cudart(devices=0), jetson=False)
         finally:
-            os.environ.pop("CUDA_VISIBLE_DEVICES") if old is None else os.environ.__setitem__("CUDA_VISIBLE_DEVICES", old)
+            (os.environ.pop("CUDA_VISIBLE_DEVICES") if old is None
+             else os.environ.__setitem__("CUDA_VISIBLE_DEVICES", old))
 
 
 def test_cuda_errors_carry_error_string():

@@ -1,7 +1,8 @@
 """Accuracy of a runnable model on a dataset's val split (mIoU through ``apd_edge.metrics``). Torch-free.
 
 Which data: ``--data DATASET[:ROOT]`` when given, else the dataset recorded in the bundle manifest
-(``manifest["source"]["dataset"]`` and ``data_root``, or a ``dataset`` / ``data`` / ``recipe.data`` section), else none (mIoU n/a).
+(``manifest["source"]["dataset"]`` and ``data_root``, or a ``dataset`` / ``data`` / ``recipe.data`` section),
+else none (mIoU n/a).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def resolve_eval_data(manifest: dict | None, spec: str | None = None, split: str
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset, num_classes: int,
                        max_images: int | None = None, extra_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (all, or ``max_images`` evenly spaced); mIoU as a fraction.
+    """Run ``predict(rgb uint8) -> HxW labels`` over ``dataset`` (all, or ``max_images`` evenly spaced);
+    mIoU as a fraction.
 
     ``num_classes``: the model's outputs; ``extra_classes``: its declared trailing outputs the dataset does
     not label (manifest ``extra_classes``), scored as errors and left out of the mean.

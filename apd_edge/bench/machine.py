@@ -225,5 +225,6 @@ def describe(info: dict[str, Any]) -> str:
         parts.append("no NVIDIA GPU")
     parts.append(f"ORT {info.get('onnxruntime') or '-'}, TensorRT {info.get('tensorrt') or '-'}")
     if info.get("jetson"):
-        parts.append(f"Jetson {info.get('l4t')} power mode {info.get('power_mode')} clocks locked {info.get('clocks_locked')}")
+        parts.append(f"Jetson {info.get('l4t')} power mode {info.get('power_mode')} "
+                     f"clocks locked {info.get('clocks_locked')}")
     return "; ".join(parts)

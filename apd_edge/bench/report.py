@@ -111,7 +111,8 @@ def table_rows(rows: Iterable[Row]) -> tuple[list[str], list[list[str]]]:
         if r.gpu_compute_p50 is not None:  # TensorRT rows: the trtexec split in the last column
             threads = (f"H2D {_fmt(r.h2d_p50, 3)} / GPU {_fmt(r.gpu_compute_p50, 3)} / D2H {_fmt(r.d2h_p50, 3)} ms"
                        + (f"; {threads}" if threads else ""))
-        body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status, _fmt(r.size_mb), _params(r.params), _fmt(r.gmacs),
+        body.append([r.model, r.backend, r.precision + (" (!)" if r.warning else ""), r.status, _fmt(r.size_mb),
+                     _params(r.params), _fmt(r.gmacs),
                      miou, lat, e2e, _fmt(r.fps_b1, 1), fps_n, mem, threads])
     return header, body
 

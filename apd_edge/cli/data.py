@@ -23,7 +23,8 @@ def list_cmd() -> None:
 
 @data.command("check")
 @click.argument("spec")
-@click.option("--split", "splits", multiple=True, help="Split to check (repeatable); default: the train and val splits.")
+@click.option("--split", "splits", multiple=True,
+              help="Split to check (repeatable); default: the train and val splits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -84,7 +85,8 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--size", default="128x256", show_default=True, help="Image size HxW (each side >= 64).")
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out: str, num_train: int, num_val: int, size: str, seed: int) -> None:
-    """Write the synthetic street scenes to OUT as a `folder` dataset (images/<split>/, masks/<split>/, classes.yaml)."""
+    """Write the synthetic street scenes to OUT as a `folder` dataset
+    (images/<split>/, masks/<split>/, classes.yaml)."""
     from ..data.synthetic import write_synthetic
 
     path = write_synthetic(out, num_train, num_val, _size(size), seed)

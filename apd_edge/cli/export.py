@@ -55,8 +55,8 @@ def _parse_size(value: str | None) -> list[int] | None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch and ONNX Runtime (default: the cores not already busy).")
 def export(source, out_dir, name, size, dynamic, argmax, fp16, int8, calib_images, calib_method, int8_target,
-           plain_int8, int8_max_float, no_sensitivity, int8_scheme, int8_float, threads, parity_images, trt, data_root, opset,
-           preprocess, exclude) -> None:
+           plain_int8, int8_max_float, no_sensitivity, int8_scheme, int8_float, threads, parity_images, trt, data_root,
+           opset, preprocess, exclude) -> None:
     """Export SOURCE (a checkpoint or run folder; default runs/latest) into a bundle.
 
     Given a bundle folder with --trt, builds its engines as `apd-edge build` does (no torch needed).

@@ -11,7 +11,8 @@ import click
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Folder the new run goes in (default: next to the source run).")
 @click.option("--iterations", type=click.IntRange(1), help="Fine-tuning steps (default 300).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate (default 1e-5 with AdamW, cosine decay).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Learning rate (default 1e-5 with AdamW, cosine decay).")
 @click.option("--batch-size", type=click.IntRange(1), help="Batch size (default 8).")
 @click.option("--teacher/--no-teacher", default=None, help="Also distill from the source recipe's teacher.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -181,7 +181,8 @@ class SegDataset:
             raise ApdError(f"{self.name}: split '{self.split}' is empty under {self.root} (expected layout: {layout})")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(split={self.split!r}, n={len(self)}, classes={self.num_classes}, root={self.root})"
+        return (f"{type(self).__name__}(split={self.split!r}, n={len(self)}, classes={self.num_classes}, "
+                f"root={self.root})")
 
 
 def list_files(folder: Path, exts: Sequence[str]) -> list[Path]:

@@ -76,7 +76,8 @@ class Folder(SegDataset):
         if opt["img_suffix"] is None and opt["img_dir"] == opt["mask_dir"]:
             raise ApdError("data.options.img_suffix is required when images and masks share a folder "
                            f"(img_dir = mask_dir = '{opt['img_dir']}'), e.g. img_suffix: _image.jpg")
-        if opt["img_suffix"] is not None and opt["img_suffix"] == opt["mask_suffix"] and opt["img_dir"] == opt["mask_dir"]:
+        if (opt["img_suffix"] is not None and opt["img_suffix"] == opt["mask_suffix"]
+                and opt["img_dir"] == opt["mask_dir"]):
             raise ApdError("data.options: img_suffix and mask_suffix are equal in one folder; images and masks "
                            "would be the same files")
         return opt
@@ -141,7 +142,8 @@ class Folder(SegDataset):
         self.require_dir(img_root, LAYOUT)
         subdirs = [d.name for d in img_root.iterdir() if d.is_dir()]
         if subdirs:
-            raise ApdError(f"folder: split '{split}' not found: no {img_root / split} (found {', '.join(sorted(subdirs))}) "
+            raise ApdError(f"folder: split '{split}' not found: no {img_root / split} "
+                           f"(found {', '.join(sorted(subdirs))}) "
                            f"and no {list_file}")
         if split not in ("train", "val"):
             raise ApdError(f"folder: split '{split}' needs {img_root / split}/ or {list_file} (a flat images/ "
@@ -159,8 +161,8 @@ class Folder(SegDataset):
             if len(parts) == 1:
                 img = img_root / parts[0]
                 if not img.is_file() and not opt["img_suffix"]:  # a bare stem: find its image
-                    img = next((img.with_name(img.name + e) for e in IMAGE_EXTS if img.with_name(img.name + e).is_file()),
-                               img)
+                    img = next((img.with_name(img.name + e) for e in IMAGE_EXTS
+                                if img.with_name(img.name + e).is_file()), img)
                 elif not img.is_file() and opt["img_suffix"]:
                     img = img.with_name(img.name + opt["img_suffix"])
                 if not img.is_file():

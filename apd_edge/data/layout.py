@@ -35,7 +35,8 @@ class ClassSpec:
 
     def __init__(self, names: list[str], palette: list[list[int]] | None = None,
                  label_map: dict[int, int] | None = None, unmapped: str = "error", source: str = "") -> None:
-        self.names, self.palette, self.label_map, self.unmapped, self.source = names, palette, label_map, unmapped, source
+        (self.names, self.palette, self.label_map,
+         self.unmapped, self.source) = names, palette, label_map, unmapped, source
 
     def lut(self, void_values: Sequence[int] = (IGNORE_INDEX,), size: int = 256) -> np.ndarray:
         """Raw mask value -> class index (255 void, INVALID = error). Without a label map: identity."""

@@ -112,8 +112,9 @@ class _Scene:
     def any_colour(self) -> np.ndarray:
         """Colours shared across classes on purpose: greys, greens, blues, reds, whites."""
         k = self.r.randrange(6)
-        return [lambda: self.grey(40, 200), lambda: self.colour((60, 110, 50), 30), lambda: self.colour((50, 80, 160), 30),
-                lambda: self.colour((170, 30, 30), 30), lambda: self.grey(210, 250, 4), lambda: self.colour([self.u(0, 255) for _ in range(3)], 10)][k]()
+        return [lambda: self.grey(40, 200), lambda: self.colour((60, 110, 50), 30),
+                lambda: self.colour((50, 80, 160), 30), lambda: self.colour((170, 30, 30), 30),
+                lambda: self.grey(210, 250, 4), lambda: self.colour([self.u(0, 255) for _ in range(3)], 10)][k]()
 
     # -- layers -------------------------------------------------------------------------------------
 
@@ -192,7 +193,8 @@ class _Scene:
     def ground(self) -> None:
         h, cv = self.h, self.cv
         vp = (self.vx, self.hy)
-        walk = [self.grey(110, 200), self.colour((170, 90, 80), 20), self.colour((190, 180, 150), 20)][self.r.randrange(3)]
+        walk = [self.grey(110, 200), self.colour((170, 90, 80), 20),
+                self.colour((190, 180, 150), 20)][self.r.randrange(3)]
         cv.polys([[vp, (self.sl, h), (self.rl, h)], [vp, (self.rr, h), (self.sr, h)]], walk, SIDEWALK)
         # tile joints: depth bands (geometric in y) and lines toward the vanishing point
         joint = walk * 0.7
@@ -302,7 +304,8 @@ class _Scene:
         s, cv = self.scale(yb), self.cv
         th = s * self.h * self.u(0.6, 1.2)
         cv.rect(x - s * self.w * 0.008, yb - th * 0.6, x + s * self.w * 0.008, yb, self.colour((90, 65, 45), 15), VEG)
-        leaf = self.colour([(60, 110, 40), (100, 130, 40), (160, 120, 40)][self.r.choices(range(3), weights=[0.6, 0.25, 0.15])[0]], 20)
+        leaf = self.colour([(60, 110, 40), (100, 130, 40), (160, 120, 40)]
+                           [self.r.choices(range(3), weights=[0.6, 0.25, 0.15])[0]], 20)
         for _ in range(int(self.u(3, 7))):
             cv.circle(x + th * self.u(-0.25, 0.25), yb - th * self.u(0.6, 0.95), th * self.u(0.15, 0.3),
                       leaf * self.u(0.85, 1.1), VEG)
@@ -313,7 +316,8 @@ class _Scene:
         for _ in range(rng.randrange(1, 5)):  # cars on the road
             s = self.u(0.15, 1.05)
             x = self.along(self.rl, s)[0], self.along(self.rr, s)[0]
-            items.append((self.along(0, s)[1], self.car, self.u(x[0] + 0.15 * (x[1] - x[0]), x[1] - 0.15 * (x[1] - x[0]))))
+            items.append((self.along(0, s)[1], self.car,
+                          self.u(x[0] + 0.15 * (x[1] - x[0]), x[1] - 0.15 * (x[1] - x[0]))))
         for kind, count in ((self.person, rng.randrange(0, 5)), (self.pole, rng.randrange(1, 4)),
                             (self.tree, rng.randrange(0, 3))):
             for _ in range(count):
@@ -394,7 +398,8 @@ class Synthetic(SegDataset):
         if split not in SPLIT_IDS:
             raise ApdError(f"synthetic: unknown split '{split}'; available: {', '.join(SPLIT_IDS)}")
         size = opt["size"]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v >= 64 for v in size)):
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and v >= 64 for v in size)):
             raise ApdError(f"data.options.size: expected [H, W] integers >= 64, got {size!r}")
         for key in ("num_train", "num_val", "seed"):
             if not isinstance(opt[key], int) or opt[key] < 0:
@@ -404,7 +409,8 @@ class Synthetic(SegDataset):
         self.set_classes(SYNTH_CLASSES, SYNTH_PALETTE)
         n = opt["num_train"] if split == "train" else opt["num_val"]
         if n == 0:
-            raise ApdError(f"synthetic: split '{split}' is empty (data.options.num_{'train' if split == 'train' else 'val'} is 0)")
+            raise ApdError(f"synthetic: split '{split}' is empty "
+                           f"(data.options.num_{'train' if split == 'train' else 'val'} is 0)")
         self._n = n
 
     def __len__(self) -> int:

@@ -63,13 +63,15 @@ class Geometry:
 class TrainTransform:
     """Random scale/rotate/crop/flip/jitter/blur, then normalise; call with a numpy Generator."""
 
-    def __init__(self, crop: Sequence[int], augment: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, crop: Sequence[int], augment: AugmentConfig, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
         self.crop = (int(crop[0]), int(crop[1]))
         self.aug = augment
         self.mean, self.std = list(mean), list(std)
         self.fill = _mean_fill(mean)
 
-    def geometry(self, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    def geometry(self, img: np.ndarray, mask: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Geometry]:
         """Scale, rotate, crop (padding where the image is smaller) and flip in one affine warp per array."""
         lo, hi = self.aug.scale
         s = float(rng.uniform(lo, hi))

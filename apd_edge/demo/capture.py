@@ -267,7 +267,8 @@ class LiveSource(FrameSource):
             if not self.is_url or time.monotonic() - last_good > self.reconnect_s:
                 what = "stream dropped" if self.is_url else "camera stopped delivering frames"
                 self.error = ApdError(f"{self.name}: {what}"
-                                      + (f" and {self.reconnects} reconnect attempts within {self.reconnect_s:g} s failed"
+                                      + (f" and {self.reconnects} reconnect attempts within "
+                                         f"{self.reconnect_s:g} s failed"
                                          if self.is_url else ""))
                 break
             # Stream hiccup: reopen with back-off, bounded by reconnect_s since the last good frame.

@@ -197,7 +197,8 @@ class APDDistiller(Distiller):
         c_s = int(getattr(student, "feat_channels", 0) or 0)
         c_t = int(getattr(teacher, "feat_channels", 0) or 0)
         if c_s <= 0:
-            raise ApdError(f"distill.method 'apd' needs student features: {type(student).__name__} has no feat_channels")
+            raise ApdError("distill.method 'apd' needs student features: "
+                           f"{type(student).__name__} has no feat_channels")
         if c_t <= 0:
             raise ApdError("distill.method 'apd' needs teacher features: the teacher has no feat_channels "
                            "(for a factory teacher set teacher.feat_module)")
@@ -241,7 +242,8 @@ class APDDistiller(Distiller):
             if "teacher_proj_optimizer" in state:
                 self._tproj.optimizer.load_state_dict(state["teacher_proj_optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ApdError(f"APD distiller state does not fit this recipe's projectors ({str(exc).splitlines()[0][:160]})") from None
+            raise ApdError("APD distiller state does not fit this recipe's projectors "
+                           f"({str(exc).splitlines()[0][:160]})") from None
 
     # g_t's weights also travel in the distiller's state_dict, under "teacher_proj."
     def _save_to_state_dict(self, destination, prefix, keep_vars):

@@ -177,5 +177,6 @@ def build_distiller(student: nn.Module, teacher: nn.Module | None, recipe: Recip
     if cls.uses_teacher and teacher is None:
         from ..errors import ApdError
 
-        raise ApdError(f"distill.method '{recipe.distill.method}' needs a teacher (teacher.name + teacher.checkpoint, or teacher.factory)")
+        raise ApdError(f"distill.method '{recipe.distill.method}' needs a teacher "
+                       "(teacher.name + teacher.checkpoint, or teacher.factory)")
     return cls(student, teacher, recipe)

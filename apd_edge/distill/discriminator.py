@@ -143,7 +143,8 @@ class HolisticTerm(nn.Module):
 
         def resize(x: torch.Tensor) -> torch.Tensor:
             x = x.float()
-            return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear",
+                                                                       align_corners=False)
 
         cond = None
         if self.cfg.with_image:
@@ -313,7 +314,8 @@ class HolisticDistiller(Distiller):
         try:
             self._hol.load_state(state)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ApdError(f"distiller critic state does not fit this recipe ({str(exc).splitlines()[0][:160]})") from None
+            raise ApdError("distiller critic state does not fit this recipe "
+                           f"({str(exc).splitlines()[0][:160]})") from None
 
     # the critic's weights also travel in the distiller's state_dict, under "critic."
     def _save_to_state_dict(self, destination, prefix, keep_vars):

@@ -170,7 +170,8 @@ def _factory_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
     try:
         model = factory(**cfg.factory_kwargs)
     except TypeError as exc:
-        raise ApdError(f"teacher.factory {cfg.factory!r} failed with teacher.factory_kwargs {cfg.factory_kwargs}: {exc}") from None
+        raise ApdError(f"teacher.factory {cfg.factory!r} failed with teacher.factory_kwargs "
+                       f"{cfg.factory_kwargs}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ApdError(f"teacher.factory {cfg.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if cfg.checkpoint:
@@ -194,7 +195,8 @@ def _probe(teacher: HookedTeacher, num_classes: int) -> None:
     feat = out["feat"]
     if feat is not None:
         if feat.dim() != 4:
-            raise ApdError(f"teacher.feat_module '{teacher.feat_module}' outputs a {feat.dim()}-d tensor, expected B x C x h x w")
+            raise ApdError(f"teacher.feat_module '{teacher.feat_module}' outputs a {feat.dim()}-d tensor, "
+                           "expected B x C x h x w")
         teacher.feat_channels = int(feat.shape[1])
         teacher.feat_stride = max(1, round(_PROBE / feat.shape[-1]))
 

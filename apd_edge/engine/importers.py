@@ -329,8 +329,8 @@ def import_weights(path: str | Path, fmt: str | None = None, *, out: str | Path 
     name = name or imp.run_name
     raw = recipe_to_dict(Recipe(name=name, output_dir=str(out), model=ModelConfig(name=imp.model_name,
                                                                                   kwargs=dict(imp.model_kwargs)),
-                                data=DataConfig(dataset=dataset, root=data_root or f"data/{dataset}", mean=list(imp.mean),
-                                                std=list(imp.std))))
+                                data=DataConfig(dataset=dataset, root=data_root or f"data/{dataset}",
+                                                mean=list(imp.mean), std=list(imp.std))))
     raw["distill"]["method"] = "none"
     if imp.crop:
         raw["train"]["crop"] = list(imp.crop)

@@ -97,7 +97,8 @@ def verdict_of(stats: dict[str, Any], ref: str, other: str) -> str:
         return f"{ref} beats {other} by {m:+.2f} ± {h:.2f} mIoU (95 % t-interval over {n} seeds, above 0)"
     if stats["high"] < 0:
         return f"{ref} is below {other} by {m:+.2f} ± {h:.2f} mIoU (95 % t-interval over {n} seeds, below 0)"
-    return f"{ref} vs {other}: {m:+.2f} ± {h:.2f} mIoU, no difference shown (the 95 % interval over {n} seeds contains 0)"
+    return (f"{ref} vs {other}: {m:+.2f} ± {h:.2f} mIoU, no difference shown "
+            f"(the 95 % interval over {n} seeds contains 0)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,7 +118,8 @@ def collect(plan) -> dict[str, Any]:
         done = s is not None and int(s.get("steps", 0)) >= r.recipe.train.iterations
         curve = [(int(e["step"]), 100 * float(e["miou"])) for e in read_metrics(d)
                  if e.get("type") == "eval"]
-        runs[r.name] = {"student": r.student, "method": r.method, "seed": r.seed, "iterations": r.recipe.train.iterations,
+        runs[r.name] = {"student": r.student, "method": r.method, "seed": r.seed,
+                        "iterations": r.recipe.train.iterations,
                         "final_miou": 100 * s["final_miou"] if done and s.get("final_miou") is not None else None,
                         "curve": curve, "wall_time_s": s.get("wall_time_s") if done else None}
     return runs
@@ -169,7 +171,8 @@ def curve_shape(curve: list[tuple[int, float, int]]) -> dict[str, Any] | None:
     first = 100 * (v1 - v0) / (s1 - s0)
     last = 100 * (vb - va) / (sb - sa)
     return {"first_gain_per_100": first, "last_gain_per_100": last,
-            "last_over_first": last / first if first > 0 else None, "past_steep_part": first > 0 and last <= 0.25 * first}
+            "last_over_first": last / first if first > 0 else None,
+            "past_steep_part": first > 0 and last <= 0.25 * first}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,7 +275,8 @@ def write_report(plan, out_dir: str | Path, name: str | None = None, reference: 
     conds = conditions(res, gaps, shapes, plan.methods, min_seeds=4, min_gap=15.0)
     if teacher is not None:
         conds["checks"].insert(0, {"ok": bool(teacher["finished"]),
-                                   "what": f"teacher trained to the end ({teacher['steps']} of {teacher['iterations']} steps)"})
+                                   "what": "teacher trained to the end "
+                                           f"({teacher['steps']} of {teacher['iterations']} steps)"})
         conds["ok"] = conds["ok"] and bool(teacher["finished"])
     lines += ["## Can this study conclude?", ""]
     for c in conds["checks"]:

@@ -168,7 +168,8 @@ def list_runs(output_dir: str | Path = "runs") -> list[dict[str, Any]]:
 
                 recipe = yaml.safe_load((d / "recipe.yaml").read_text()) or {}
             best = max(evals, key=lambda r: _num(r.get("miou")), default=None)
-            row.update(model=(recipe.get("model") or {}).get("name"), method=(recipe.get("distill") or {}).get("method"),
+            row.update(model=(recipe.get("model") or {}).get("name"),
+                       method=(recipe.get("distill") or {}).get("method"),
                        dataset=(recipe.get("data") or {}).get("dataset"), steps=max(steps, default=0),
                        iterations=(recipe.get("train") or {}).get("iterations"),
                        best_miou=_num(best["miou"]) if best else None, best_step=best["step"] if best else None,

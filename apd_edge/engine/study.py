@@ -178,7 +178,8 @@ def teacher_command(plan: StudyPlan) -> str | None:
     if t is None:
         return None
     sets = [f"output_dir={plan.output_dir}", f"name={t.name}", *t.set]
-    return " ".join(["apd-edge", "train", str(_recipe_path(plan, t.recipe)), *[f"--set {shlex.quote(s)}" for s in sets]])
+    return " ".join(["apd-edge", "train", str(_recipe_path(plan, t.recipe)),
+                     *[f"--set {shlex.quote(s)}" for s in sets]])
 
 
 def teacher_checkpoint(plan: StudyPlan) -> str | None:
@@ -415,7 +416,8 @@ def run_study(plan: StudyPlan, progress: bool = True, log: Callable[[str], None]
     """Train every run of ``plan`` (teacher first if the plan trains it); returns the study record.
 
     ``stage``: "teacher" (only the plan's teacher run), "students" (only the student runs; the teacher
-    checkpoint must exist) or "all". ``only`` selects a subset of the runs; ``on_step(stream_step, run_names)`` is called after every
+    checkpoint must exist) or "all". ``only`` selects a subset of the runs;
+    ``on_step(stream_step, run_names)`` is called after every
     batch of the stream (tests use it to simulate a kill). The record (:func:`read_record`) holds each
     seed's wall time, teacher time and per-run compute time; each stream keeps its own file under
     ``<output_dir>/streams/`` (so one process per seed can run at once), updated at every checkpoint.

@@ -338,7 +338,8 @@ class Trainer:
         missing, unexpected = self.distiller.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("student.")]
         if missing or unexpected:
-            raise ApdError(f"--resume: distiller state does not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ApdError("--resume: distiller state does not fit "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -551,7 +552,8 @@ class Trainer:
         return tqdm(total=self.recipe.train.iterations, initial=self.step, desc=self.recipe.name, unit="it",
                     dynamic_ncols=True, file=sys.stderr)
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[dict[str, torch.Tensor], float]:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                    autocast) -> tuple[dict[str, torch.Tensor], float]:
         """One optimisation step with its divergence checks; returns the loss parts and the lr it used."""
         tc, info, device = self.recipe.train, self.info, self.device
         images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)

@@ -290,7 +290,8 @@ def _export_bundle(source: str | Path | None = None, out_dir: str | Path | None 
 
     images, parity_src = _parity_images(recipe, val_ds, val_items, parity_images, prep)
     log(f"parity: ONNX Runtime CPU vs PyTorch on {parity_src}")
-    backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""): OrtBackend(out / f["path"], device="cpu")
+    backends = {f["precision"] + (f"_{f['variant']}" if f.get("variant") else ""):
+                OrtBackend(out / f["path"], device="cpu")
                 for f in files if f["format"] == "onnx"}
     parity = run_parity(src.model, backends, images, prep, scored, log=log, extra_classes=num_classes - scored)
     log(parity_table(parity))
@@ -390,7 +391,8 @@ def _preprocessing(probe_ds, input_size: Sequence[int] | None, preprocess: str |
 
 
 def _class_names_and_palette(ckpt: dict, probe_ds, num_classes: int) -> tuple[list, list[list[int]]]:
-    classes = list(ckpt.get("classes") or (probe_ds.class_names if probe_ds else [f"class_{i}" for i in range(num_classes)]))
+    classes = list(ckpt.get("classes")
+                   or (probe_ds.class_names if probe_ds else [f"class_{i}" for i in range(num_classes)]))
     palette = ckpt.get("palette") or (probe_ds.palette if probe_ds else None)
     if palette is None:
         rng = np.random.default_rng(0)

@@ -42,8 +42,8 @@ SENSITIVITY_MD = "int8_sensitivity.md"
 INT8_FILE, INT8_CPU_FILE = "model_int8.onnx", "model_int8_cpu.onnx"
 DEFAULT_TARGET_DROP = 0.5  # mIoU points against the FP32 ONNX on the parity images
 DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stays float
-INT8_FLOAT_CHOICES = ("auto", "fp16", "fp32")
-FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)  # what the TensorRT graph's non-INT8 layers compute in
+INT8_FLOAT_CHOICES = ("auto", "fp16", "fp32")  # what the TensorRT graph's non-INT8 layers compute in
+FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)
 SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
 
 
@@ -131,7 +131,8 @@ def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
     """A Markdown table of the sensitivity ranking (most sensitive first)."""
     from ..tables import markdown_table
 
-    body = [(r["rank"], f"`{r['node']}`", r["op"], f"{r['gain']:+.3f}", f"{r['disagreement']:.3f}", f"{r['rel_rmse']:.4f}")
+    body = [(r["rank"], f"`{r['node']}`", r["op"], f"{r['gain']:+.3f}", f"{r['disagreement']:.3f}",
+             f"{r['rel_rmse']:.4f}")
             for r in rows[:top]]
     if len(rows) > top:
         body.append(("...", f"{len(rows) - top} more in {SENSITIVITY_JSON}", "", "", "", ""))

@@ -5,7 +5,8 @@ the graph gives it. Written with FP32 scales, everything that is not quantized (
 groups, the classifier, Resize, the ops between quantized convolutions) runs in FP32. The same graph with
 FP16 scales (ONNX opset 19: a DequantizeLinear's output has its scale's type) and FP16 float layers runs
 them in FP16, what TensorRT 10's INT8+FP16 builder flags did and what NVIDIA's Model Optimizer writes for
-strongly typed builds. QuantizeLinear itself reads FP32 (see ``qdq_to_fp16``). Quantized values do not move: a scale is rounded to FP16 and, for constant weights,
+strongly typed builds. QuantizeLinear itself reads FP32 (see ``qdq_to_fp16``). Quantized values do not move:
+a scale is rounded to FP16 and, for constant weights,
 the int8 values are re-derived from the dequantized weights with the rounded scale (|q| <= 127 and a
 relative rounding of 2^-11 keep them unchanged; a scale below FP16's normal range (2^-14, e.g. a first
 convolution with the input normalisation folded in) keeps less precision and moves some weights by one step).
@@ -120,7 +121,8 @@ def check_fp16_qdq(model: str | Path | onnx.ModelProto) -> list[str]:
         if init is None:
             problems.append(f"{n.name}: scale is not an initializer")
             continue
-        allowed = (TensorProto.FLOAT16,) if n.op_type == "DequantizeLinear" else (TensorProto.FLOAT16, TensorProto.FLOAT)
+        allowed = ((TensorProto.FLOAT16,) if n.op_type == "DequantizeLinear"
+                   else (TensorProto.FLOAT16, TensorProto.FLOAT))
         if init.data_type not in allowed:
             problems.append(f"{n.name}: scale type {TensorProto.DataType.Name(init.data_type)}, expected FLOAT16")
             continue

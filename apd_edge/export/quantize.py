@@ -300,7 +300,8 @@ def check_qdq(model: str | Path | onnx.ModelProto, classifier: Sequence[str] | N
     """Check a Q/DQ model against TensorRT's rules; returns counts and a list of ``problems`` (empty = ok).
 
     Rules: every Q/DQ zero point present, int8 and all 0; weighted convs take per-output-channel weight
-    scales (axis 0, length = out channels); the ``classifier`` nodes have float weights and unquantized outputs and no graph output
+    scales (axis 0, length = out channels); the ``classifier`` nodes have float weights and unquantized
+    outputs and no graph output
     comes out of a DequantizeLinear.
     """
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))

@@ -156,6 +156,7 @@ def int8_gate(manifest: dict) -> str | None:
     t = q.get("target") or {}
     if t.get("met") is False:
         drop = t.get("drop")
-        return (f"INT8 missed its accuracy target: mIoU drop {drop:.2f} > {t.get('max_drop')} points against FP32 "
-                f"({q.get('float_layers', 0)} layer(s) kept float)") if drop is not None else "INT8 missed its accuracy target"
+        return ((f"INT8 missed its accuracy target: mIoU drop {drop:.2f} > {t.get('max_drop')} points "
+                 f"against FP32 ({q.get('float_layers', 0)} layer(s) kept float)") if drop is not None
+                else "INT8 missed its accuracy target")
     return None

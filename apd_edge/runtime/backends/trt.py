@@ -60,7 +60,8 @@ def check_engine_compat(meta: dict | None, current: dict) -> None:
                        "rebuild it with `apd-edge build BUNDLE` on this machine")
     problems = []
     if meta.get("compute_capability") != current.get("compute_capability"):
-        problems.append(f"compute capability {meta.get('compute_capability')} vs {current.get('compute_capability')} here")
+        problems.append(f"compute capability {meta.get('compute_capability')} "
+                        f"vs {current.get('compute_capability')} here")
     if str(meta.get("gpu_name", "")).strip() != str(current.get("gpu_name", "")).strip():
         problems.append(f"GPU '{meta.get('gpu_name')}' vs '{current.get('gpu_name')}' here")
     if _version3(meta.get("tensorrt_version", "?")) != _version3(current.get("tensorrt_version", "?")):
@@ -186,7 +187,8 @@ class TrtBackend:
             name = self.engine.get_tensor_name(i)
             mode = "input" if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).name
-            self.io.append({"name": name, "mode": mode, "dtype": dtype, "shape": list(self.engine.get_tensor_shape(name))})
+            self.io.append({"name": name, "mode": mode, "dtype": dtype,
+                            "shape": list(self.engine.get_tensor_shape(name))})
         self.input_name = next(t["name"] for t in self.io if t["mode"] == "input")
         self.output_names = [t["name"] for t in self.io if t["mode"] == "output"]
         self._dynamic = any(d == -1 for t in self.io if t["mode"] == "input" for d in t["shape"])
