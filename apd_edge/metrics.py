@@ -136,12 +136,14 @@ class ConfusionMatrix:
         extra = list(class_names)[self.num_classes:] if class_names else []
         gt = self.mat.sum(1)
         total = max(int(gt.sum()), 1)
-        width = max([len(n) for n in names] + [5])
+        from .tables import text_table
+
         fmt = lambda v: "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"  # noqa: E731
-        lines = [f"{'class':<{width}}  {'IoU':>5}  {'Acc':>5}  {'share':>6}"]
-        for k, name in enumerate(names):
-            lines.append(f"{name:<{width}}  {fmt(r['iou'][k])}  {fmt(r['class_acc'][k])}  {100 * gt[k] / total:5.2f}%")
-        lines.append(f"{'mean':<{width}}  {fmt(r['miou'])}  {fmt(r['macc'])}  pixel acc {fmt(r['acc'])}")
+        rows = [[name, fmt(r["iou"][k]), fmt(r["class_acc"][k]), f"{100 * gt[k] / total:5.2f}%"]
+                for k, name in enumerate(names)]
+        # the means: three cells, the last running on past the share column
+        rows.append(["mean", fmt(r["miou"]), f"{fmt(r['macc'])}  pixel acc {fmt(r['acc'])}"])
+        lines = [text_table(["class", "IoU", "Acc", "share"], rows, align="lrrr", rule=False)]
         if self.extra_classes:
             what = ", ".join(extra) if extra else f"{self.extra_classes} extra class(es)"
             lines.append(f"predicted as {what} (not scored, counted as errors): {100 * r['extra_share']:.2f}% "

@@ -47,6 +47,7 @@ def run_pipeline(out: str | Path = "runs", export_dir: str | Path = "export", fa
 def format_pipeline(res: dict[str, Any]) -> str:
     """The quick start's closing table: teacher and student, then one line per exported precision."""
     from .engine.quickstart import format_table
+    from .tables import text_table
 
     lines = [format_table(res), "",
              f"bundle {res['bundle']} (export {res['export_seconds']:.0f} s); ONNX Runtime, CPU:"]
@@ -58,8 +59,5 @@ def format_pipeline(res: dict[str, Any]) -> str:
         size = "n/a" if r.get("size_mb") is None else f"{r['size_mb']:.2f}"
         body.append((r["precision"], size, pct, ms(r.get("compute_p50")), ms(r.get("compute_p90")),
                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"))
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    for row in [head, *body]:
-        lines.append("  ".join(str(c).rjust(w) if 0 < i < 5 else str(c).ljust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))))
+    lines.append(text_table(head, body, align="lrrrrl", rule=False))
     return "\n".join(lines)

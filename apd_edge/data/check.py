@@ -80,16 +80,17 @@ class CheckReport:
             sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in common[:4]) + (", ..." if len(common) > 4 else "")
             valid = "all readable" if not s.bad else f"{s.bad} bad"
             lines.append(f"  {s.name}: {s.images} images, {valid}; sizes (H x W) {sizes}")
-        width = max([len(n) for n in self.class_names] + [5])
+        from ..tables import text_table
+
         for s in self.splits:
             pix = s.pixels if s.pixels is not None else np.zeros(len(self.class_names), np.int64)
             total = int(pix.sum()) + s.void
             lines.append("")
             lines.append(f"split {s.name} ({s.images} images)")
-            lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels':>12}  {'share':>7}")
-            for k, name in enumerate(self.class_names):
-                lines.append(f"{k:>3}  {name:<{width}}  {int(pix[k]):>12}  {100 * pix[k] / max(total, 1):6.2f}%")
-            lines.append(f"{IGNORE_INDEX:>3}  {'void':<{width}}  {s.void:>12}  {100 * s.void / max(total, 1):6.2f}%")
+            rows = [[k, name, int(pix[k]), f"{100 * pix[k] / max(total, 1):6.2f}%"]
+                    for k, name in enumerate(self.class_names)]
+            rows.append([IGNORE_INDEX, "void", s.void, f"{100 * s.void / max(total, 1):6.2f}%"])
+            lines.append(text_table(["id", "class", "pixels", "share"], rows, align="rlrr", rule=False))
         warnings = self.warnings()
         lines.append("")
         lines.extend(f"warning: {w}" for w in warnings)
