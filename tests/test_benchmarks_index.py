@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 # JSON files written before their scripts recorded the command (see benchmarks/README.md, "known gaps")
-NO_COMMAND = {"camvid.json", "camvid_h100_partial.json"}
+NO_COMMAND: set[str] = set()  # every results JSON records its command
 
 
 def indexed_names(text: str) -> set[str]:
