@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +61,7 @@ def score(bundle: Path, graphs: dict[str, Path], data_root: str, threads: int, l
 
     from apd_edge.config import recipe_from_dict
     from apd_edge.data import build_dataset
+    from apd_edge.metrics import ConfusionMatrix
     from apd_edge.checkpoint import load_checkpoint
     from apd_edge.runtime.postprocess import logits_to_labels
     from apd_edge.runtime.preprocess import preprocess_image
@@ -75,7 +75,8 @@ def score(bundle: Path, graphs: dict[str, Path], data_root: str, threads: int, l
     so.intra_op_num_threads, so.log_severity_level = threads, 3
     sess = {name: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             for name, path in graphs.items()}
-    cms = {name: np.zeros((k + 1, k + 1), np.int64) for name in graphs}
+    extra = int(m["num_classes"]) - k  # trailing outputs the dataset does not label (void): scored as errors
+    cms = {name: ConfusionMatrix(k, extra_classes=extra) for name in graphs}
     agree = {name: 0 for name in graphs}
     pixels, n = 0, len(ds) if limit is None else min(limit, len(ds))
     t0 = time.perf_counter()
@@ -83,22 +84,16 @@ def score(bundle: Path, graphs: dict[str, Path], data_root: str, threads: int, l
         img, mask = ds[i]
         x, meta = preprocess_image(img, tuple(p["size"]), p["mean"], p["std"], p["mode"], p.get("pad_fill", "reflect"))
         gt = mask.reshape(-1)
-        keep = gt != 255
         labs = {}
         for name, s in sess.items():
             labs[name] = logits_to_labels(s.run(None, {s.get_inputs()[0].name: x})[0], meta).reshape(-1)
-            pred = np.minimum(labs[name][keep], k)  # an extra output class (e.g. void) counts as an error
-            cms[name] += np.bincount(gt[keep].astype(np.int64) * (k + 1) + pred,
-                                     minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+            cms[name].update(labs[name], gt)
         for name in graphs:
             agree[name] += int((labs[name] == labs["FP32"]).sum())
         pixels += labs["FP32"].size
     rows = {}
     for name, cm in cms.items():
-        tp = np.diag(cm)[:k].astype(float)
-        union = cm[:k, :].sum(1) + cm[:, :k].sum(0) - tp
-        miou = float(100 * np.nanmean(np.where(union > 0, tp / np.maximum(union, 1), np.nan)))
-        rows[name] = {"miou": miou, "agreement_with_fp32": 100 * agree[name] / pixels}
+        rows[name] = {"miou": 100 * cm.compute()["miou"], "agreement_with_fp32": 100 * agree[name] / pixels}
     return {"images": n, "classes": k, "seconds": time.perf_counter() - t0, "rows": rows}
 
 

@@ -310,7 +310,6 @@ class _Run:
         from contextlib import nullcontext
 
         t = self.trainer
-        tc = t.recipe.train
         autocast = (torch.autocast(device_type=t.device.type, dtype=t.amp_dtype) if t.amp_dtype is not None
                     else nullcontext())
         with autocast:
@@ -321,16 +320,9 @@ class _Run:
         t.optimizer.zero_grad(set_to_none=True)
         if t.scaler is not None:
             t.scaler.scale(loss).backward()
-            if tc.grad_clip:
-                t.scaler.unscale_(t.optimizer)
-                torch.nn.utils.clip_grad_norm_(t.train_params, tc.grad_clip)
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
         else:
             loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(t.train_params, tc.grad_clip)
-            t.optimizer.step()
+        t._optimizer_step()
         lr = t.optimizer.param_groups[0]["lr"]
         t.scheduler.step()
         t.step += 1
@@ -358,16 +350,7 @@ class _Run:
 
     def evaluate(self) -> None:
         t = self.trainer
-        res = t._validate()
-        miou = float(res["miou"])
-        t.last_eval = res
-        improved = miou > t.best_miou
-        if improved:
-            t.best_miou, t.best_step = miou, t.step
-        t.metrics.write({"type": "eval", "step": t.step, "miou": miou, "acc": float(res["acc"]),
-                         "macc": float(res["macc"]), "iou": [float(x) for x in res["iou"]],
-                         "best_miou": t.best_miou})
-        if improved:
+        if t._record_eval(t._validate(), log=False):
             t._save_best()
 
     def finish(self) -> dict[str, Any]:

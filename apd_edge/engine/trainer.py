@@ -555,7 +555,7 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
                     autocast) -> tuple[dict[str, torch.Tensor], float]:
         """One optimisation step with its divergence checks; returns the loss parts and the lr it used."""
-        tc, info, device = self.recipe.train, self.info, self.device
+        info, device = self.info, self.device
         images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         labels = labels.to(device, non_blocking=True)
         with autocast:
@@ -580,16 +580,7 @@ class Trainer:
             names = nonfinite_names((self._pname(p), p.grad) for p in self.train_params if p.grad is not None)
             raise self._diverged("gradients became non-finite", f"in {describe_nonfinite(names)}",
                                  weights_suspect=True)
-        if self.scaler is not None:
-            if tc.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.train_params, tc.grad_clip)
-            self.optimizer.step()
+        self._optimizer_step()
         if any_true(not all_finite(self.train_params, WEIGHT_LIMIT), info, device):
             names = nonfinite_names(((self._pname(p), p) for p in self.train_params), WEIGHT_LIMIT)
             raise self._diverged("the weights became non-finite or huge", f"nan, inf or |w| > "
@@ -614,11 +605,30 @@ class Trainer:
             bar.set_postfix(post, refresh=False)
         window.reset()
 
+    def _optimizer_step(self) -> None:
+        """Clip (if the recipe says so) and step, through the GradScaler under fp16 AMP."""
+        clip = self.recipe.train.grad_clip
+        if self.scaler is not None:
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.train_params, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.train_params, clip)
+            self.optimizer.step()
+
     def _evaluate_step(self, bar) -> None:
         """Validate, log the result and keep ``best.pt`` when the mIoU improved."""
         t_eval = time.perf_counter()
         res = self._validate()
         exclude_from_eta(bar, time.perf_counter() - t_eval)  # the ETA is of training steps only
+        if self._record_eval(res):
+            self._save_best()
+
+    def _record_eval(self, res: dict, log: bool = True) -> bool:
+        """Remember ``res``, update the best mIoU, write the eval record (main rank); True when it improved."""
         miou = float(res["miou"])
         self.last_eval = res
         improved = miou > self.best_miou
@@ -628,10 +638,10 @@ class Trainer:
             self.metrics.write({"type": "eval", "step": self.step, "miou": miou,
                                 "acc": float(res["acc"]), "macc": float(res["macc"]),
                                 "iou": [float(x) for x in res["iou"]], "best_miou": self.best_miou})
-            self.log(f"step {self.step}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f} "
-                     f"at step {self.best_step})")
-        if improved:
-            self._save_best()
+            if log:
+                self.log(f"step {self.step}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f} "
+                         f"at step {self.best_step})")
+        return improved
 
     def _finish(self, wall: float) -> None:
         if not self.info.is_main:

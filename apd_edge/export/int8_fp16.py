@@ -23,6 +23,7 @@ from onnx import TensorProto, numpy_helper, version_converter
 
 from ..errors import ApdError
 from .fp16 import KEEP_FP32_OPS, convert_fp16
+from .quantize import _axis
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MIN_OPSET = 19  # float16 scales on QuantizeLinear / DequantizeLinear
@@ -32,10 +33,6 @@ FP16_MAX = 65504.0
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
 def fp16_scales(model: onnx.ModelProto) -> dict:
