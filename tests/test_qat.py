@@ -168,7 +168,9 @@ def test_qat_run_loads_as_plain_model_and_exports_a_valid_qdq_graph(trained, tmp
     # the conv inputs carry the QAT ranges, not freshly calibrated ones
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["quantization"]["range_overrides"] > 10
-    assert manifest["quantization"]["scheme"] == "weighted"  # only where QAT emulated Q/DQ
+    # only where QAT emulated Q/DQ: the `all` scheme is not even a candidate
+    assert manifest["quantization"]["scheme"] == "weighted"
+    assert {v["scheme"] for v in manifest["quantization"]["method_scores"].values()} == {"weighted"}
     inits = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
     prod = {o: n for n in int8.graph.node for o in n.output}
     checked = 0
