@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from apd_edge.distill import APDDistiller, build_distiller
-from apd_edge.distill.apd import TeacherProjector
+from apd_edge.distill.apd import TeacherProjector, adaptive_head, unit_rows, upsampled_cross_entropy
 from helpers.distill import TinySeg, make_recipe
 
 C = 3  # classes in the tiny cases
@@ -253,6 +253,119 @@ def test_vectorised_terms_match_loop_reference(scope):
     pk, pa = loop_reference(fs, ft, labels, 10.0, scope)
     assert out["apd_pk"].item() == pytest.approx(pk.item(), rel=1e-4)
     assert out["apd_pa"].item() == pytest.approx(pa.item(), rel=1e-4)
+
+
+# -------------------------------------------------------------------------------- fused kernels = plain ops
+def test_unit_rows_is_f_normalize_float64():
+    torch.manual_seed(7)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    x[2] = 0.0  # zero row: output 0, gradient g / eps as F.normalize's
+    x[3] *= 1e-14  # norm below eps: clamped
+    g = torch.randn(6, 5, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.testing.assert_close(unit_rows(a), F.normalize(b, dim=-1), rtol=1e-12, atol=0)
+    (unit_rows(a) * g).sum().backward()
+    (F.normalize(b, dim=-1) * g).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
+    assert torch.autograd.gradcheck(unit_rows, (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))
+
+
+def test_adaptive_head_is_the_plain_prototype_and_logit_chain_float64():
+    torch.manual_seed(8)
+    f = F.normalize(torch.randn(2, 9, 4, dtype=torch.float64), dim=-1)
+    y = torch.randint(0, C, (2, 9))
+    y[1][y[1] == 2] = 0  # group 1 lacks class 2: zero prototype
+    onehot = F.one_hot(y, C).to(torch.float64)
+    gp, gz = torch.randn(2, C, 4, dtype=torch.float64), torch.randn(2, 9, C, dtype=torch.float64)
+    a, b = f.clone().requires_grad_(True), f.clone().requires_grad_(True)
+    p_a, z_a = adaptive_head(a, onehot, 10.0)
+    p_b = F.normalize(torch.bmm(onehot.transpose(1, 2), b), dim=-1)
+    z_b = 10.0 * torch.bmm(b, p_b.transpose(1, 2))
+    torch.testing.assert_close(p_a, p_b, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(z_a, z_b, rtol=1e-12, atol=1e-12)
+    ((p_a * gp).sum() + (z_a * gz).sum()).backward()
+    ((p_b * gp).sum() + (z_b * gz).sum()).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    small = b[:1, :5].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: adaptive_head(v, onehot[:1, :5], 3.0), (small,))
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_upsampled_cross_entropy_is_interpolate_then_cross_entropy_float64(align):
+    """Separable-matmul upsampling + fused CE = F.interpolate(bilinear) + F.cross_entropy, values and
+    gradients, at a non-integer scale with ignored pixels."""
+    torch.manual_seed(9)
+    z = 5 * torch.randn(2, C, 5, 7, dtype=torch.float64)
+    labels = torch.randint(0, C, (2, 12, 17))
+    labels[0, :3] = 255
+    a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    ours = upsampled_cross_entropy(a, labels, align, 255)
+    up = F.interpolate(b, size=(12, 17), mode="bilinear", align_corners=align)
+    ref = F.cross_entropy(up, labels, ignore_index=255)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda v: upsampled_cross_entropy(v, labels[:, :6, :9], align, 255),
+                                    (z[:, :, :3, :4].clone().requires_grad_(True),))
+
+
+def plain_reference(gs, gt, fs, ft, labels, tau, scope, align):
+    """L_pk, L_pa and g_t's CE by plain ops and per-group / per-class loops (the method doc, written out)."""
+    size = fs.shape[-2:]
+    small = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    f_s = F.normalize(gs(fs.permute(0, 2, 3, 1)), dim=-1)  # B x h x w x E
+    f_t = F.normalize(gt(ft.permute(0, 2, 3, 1)), dim=-1)
+    groups = [slice(None)] if scope == "batch" else [slice(i, i + 1) for i in range(len(fs))]
+    pks, pas, logits = [], [], []
+    for g in groups:
+        y, s, t = small[g], f_s[g], f_t[g]
+        classes = [c for c in range(C) if (y == c).any()]
+        ps = {c: F.normalize(s[y == c].sum(0), dim=0) for c in classes}
+        pt = {c: F.normalize(t[y == c].sum(0), dim=0) for c in classes}
+        zt = {c: tau * t @ pt[c] for c in classes}
+        logits.append(torch.stack([zt[c] if c in zt else torch.zeros(t.shape[:3]) for c in range(C)], 1))
+        if classes:
+            zs_n = torch.stack([tau * s @ ps[c] for c in classes], -1)
+            zt_n = torch.stack([zt[c] for c in classes], -1).detach()
+            pks.append(F.kl_div(F.log_softmax(zs_n, -1), F.softmax(zt_n, -1), reduction="sum") / zs_n.numel())
+            pas.append(0.5 * torch.stack([1 - ps[c] @ pt[c].detach() for c in classes]).mean())
+    up = F.interpolate(torch.cat(logits), size=labels.shape[-2:], mode="bilinear", align_corners=align)
+    return torch.stack(pks).mean(), torch.stack(pas).mean(), F.cross_entropy(up, labels, ignore_index=255)
+
+
+@pytest.mark.parametrize("scope,align", [("batch", True), ("image", False), ("image", True)])
+def test_terms_gradients_and_g_t_step_match_plain_reference(scope, align):
+    """The whole of apd_losses with random projectors against ``plain_reference``: the three losses, the
+    gradients reaching the student features and g_s, and g_t after its Adam step (float32 rounding)."""
+    d = tiny_apd(scope, tau=10.0, channels=4, teacher_proj_lr=1e-2).train()
+    d.recipe = dataclasses.replace(d.recipe, distill=dataclasses.replace(d.recipe.distill, align_corners=align))
+    gs, gt = copy.deepcopy(d.student_proj), copy.deepcopy(d.teacher_proj.net)
+    torch.manual_seed(6)
+    fs, ft = 3 * torch.randn(2, 4, 5, 6), 3 * torch.randn(2, 4, 5, 6)
+    labels = torch.randint(0, C, (2, 11, 13))
+    labels[0, :3] = 255
+    labels[1][labels[1] == 2] = 255  # image 1 lacks class 2
+
+    a = fs.clone().requires_grad_(True)
+    out = d.apd_losses(a, ft, labels, C)
+    (out["apd_pk"] + 2 * out["apd_pa"]).backward()
+
+    b = fs.clone().requires_grad_(True)
+    pk, pa, tproj = plain_reference(gs, gt, b, ft, labels, 10.0, scope, align)
+    opt = torch.optim.Adam(gt.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    tproj.backward()
+    (pk + 2 * pa).backward()
+    opt.step()
+
+    for got, want in ((out["apd_pk"], pk), (out["apd_pa"], pa), (out["apd_tproj"], tproj)):
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert pk.item() > 1e-2 and a.grad.abs().max() > 1e-3  # a real, non-trivial case
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+    for p, q in zip(d.student_proj.parameters(), gs.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7)
+    for p, q in zip(d.teacher_proj.parameters(), gt.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_scopes_agree_on_one_image_and_differ_on_two():

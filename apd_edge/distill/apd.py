@@ -35,6 +35,8 @@ does) wrap the student and average g_s's gradients by hand; tests/test_distill_d
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -42,7 +44,7 @@ from torch import nn
 
 from ..config import Recipe
 from ..errors import ApdError
-from .base import DISTILLERS, Distiller, upsample_to
+from .base import DISTILLERS, Distiller
 from .kd import kl_terms, pixel_kd_loss
 
 
@@ -86,14 +88,67 @@ def to_groups(f: torch.Tensor, batch: int, scope: str) -> torch.Tensor:
     return f.view(1 if scope == "batch" else batch, -1, f.shape[-1])
 
 
-def prototypes(f: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """(G, C, E) unit prototypes: n(sum of unit features per class); absent classes are zero vectors."""
-    return F.normalize(torch.bmm(onehot.transpose(1, 2), f), dim=-1)
+class _UnitRows(torch.autograd.Function):
+    """``F.normalize(x, dim=-1)`` (eps 1e-12) with a fused backward.
+
+    Same function and gradient as F.normalize's autograd: dx = (g - y <g, y>) / max(|x|, eps), and
+    g / eps where the norm is clamped; one pass instead of autograd's chain of full-size temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        denom = norm.clamp_min(1e-12)
+        y = x / denom
+        ctx.save_for_backward(y, denom, norm >= 1e-12)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        y, denom, through = ctx.saved_tensors
+        dot = (g * y).sum(-1, keepdim=True) * through
+        return (g - y * dot) / denom
 
 
-def adaptive_logits(f: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tensor:
-    """(G, n, C) logits tau * <f(x), P[c]>."""
-    return tau * torch.bmm(f, protos.transpose(1, 2))
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """n(v) = v / ||v||_2 over the last dimension (as ``F.normalize(x, dim=-1)``)."""
+    return _UnitRows.apply(x)
+
+
+class _AdaptiveHead(torch.autograd.Function):
+    """Prototypes ``P = n(onehot^T f)`` and logits ``z = tau <f, P>`` in one node.
+
+    Same values and gradients as the plain bmm / normalize chain; the backward orders its matmuls
+    so that none has an output only C wide (dP = dz^T f, not f^T dz), and sums f's two gradient
+    paths in one matmul: df = [tau dz, onehot] @ [P; dS].
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, onehot: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = torch.bmm(onehot.transpose(1, 2), f)
+        norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
+        denom = norm.clamp_min(1e-12)
+        protos = sums / denom
+        z = tau * torch.bmm(f, protos.transpose(1, 2))
+        ctx.save_for_backward(f, onehot, protos, denom, norm >= 1e-12)
+        ctx.tau = tau
+        return protos, z
+
+    @staticmethod
+    def backward(ctx, g_protos: torch.Tensor, g_z: torch.Tensor):  # unused outputs get zero grads
+        f, onehot, protos, denom, through = ctx.saved_tensors
+        tau = ctx.tau
+        g_p = torch.bmm(g_z.transpose(1, 2), f).mul_(tau).add_(g_protos)
+        dot = (g_p * protos).sum(-1, keepdim=True) * through
+        g_sums = (g_p - protos * dot) / denom
+        g_f = torch.bmm(torch.cat([g_z * tau, onehot], 2), torch.cat([protos, g_sums], 1))
+        return g_f, None, None
+
+
+def adaptive_head(f: torch.Tensor, onehot: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, C, E) unit prototypes n(sum of unit features per class) (absent classes: zero vectors) and
+    (G, n, C) logits tau * <f(x), P[c]>."""
+    return _AdaptiveHead.apply(f, onehot, tau)
 
 
 def adaptive_kl(z_t: torch.Tensor, z_s: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -124,6 +179,57 @@ def scatter_logits(z: torch.Tensor, present: torch.Tensor, batch: int, size: tup
     """(G, n, C) adaptive logits -> B x C x h x w with absent classes set to 0."""
     z = z * present[:, None, :].to(z.dtype)
     return z.reshape(batch, size[0], size[1], z.shape[-1]).permute(0, 3, 1, 2).contiguous()  # faster upsample
+
+
+@functools.lru_cache(maxsize=32)
+def interp_matrix(n_in: int, n_out: int, align_corners: bool, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing, taken from ``F.interpolate`` itself (resizing an
+    identity), so that ``U_h @ x @ U_w^T`` is ``F.interpolate(x, mode="bilinear")`` up to float rounding."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: never an inference-mode tensor
+        eye = torch.eye(n_in, dtype=dtype, device=device).reshape(1, n_in, n_in, 1)
+        resized = F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=align_corners)
+        return resized[0, :, :, 0].t().contiguous()
+
+
+class _UpsampledCE(torch.autograd.Function):
+    """``F.cross_entropy(up, labels, ignore_index)`` (mean over non-ignored pixels) of the bilinear
+    upsampling ``up = U_h z U_w^T``, with the softmax gradient fused: dz = U_h^T (softmax(up) - onehot)
+    U_w * valid / count. Bilinear resizing is separable and linear, so the two small matmuls are the
+    same map as ``F.interpolate`` (and their transposes its backward)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, labels: torch.Tensor, u_h: torch.Tensor, u_w: torch.Tensor,
+                ignore_index: int) -> torch.Tensor:
+        up = torch.matmul(u_h, torch.matmul(z, u_w.t()))
+        valid = labels != ignore_index
+        target = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+        top = up.amax(1, keepdim=True)
+        picked = up.gather(1, target)
+        e = up.sub_(top).exp_()  # up is not needed any more: no second B x C x H x W buffer
+        total = e.sum(1, keepdim=True)
+        nll = (total.log() + top - picked)[:, 0]
+        count = valid.sum()
+        ctx.save_for_backward(e, total, target, valid, count, u_h, u_w)
+        return torch.where(valid, nll, torch.zeros_like(nll)).sum() / count
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        e, total, target, valid, count, u_h, u_w = ctx.saved_tensors
+        scale = valid[:, None].to(e.dtype) * (g / count)
+        d_up = (e / total).scatter_add_(1, target, -torch.ones_like(target, dtype=e.dtype)).mul_(scale)
+        d_z = torch.matmul(torch.matmul(u_h.t(), d_up), u_w)
+        return d_z, None, None, None, None
+
+
+def upsampled_cross_entropy(z: torch.Tensor, labels: torch.Tensor, align_corners: bool,
+                            ignore_index: int) -> torch.Tensor:
+    """CE(bilinear upsample of B x C x h x w logits ``z`` to the labels' size, labels), mean over the
+    non-ignored pixels; the caller ensures at least one."""
+    (h, w), (hh, ww) = z.shape[-2:], labels.shape[-2:]
+    u_h = interp_matrix(h, hh, align_corners, z.device, z.dtype)
+    u_w = interp_matrix(w, ww, align_corners, z.device, z.dtype)
+    return _UpsampledCE.apply(z, labels, u_h, u_w, ignore_index)
 
 
 def _world_size() -> int:
@@ -301,24 +407,21 @@ class APDDistiller(Distiller):
         if self.training:
             self._tproj.prepare()
         with torch.autocast(device_type=dev, enabled=False), torch.set_grad_enabled(self.training):
-            f_t = to_groups(F.normalize(self._tproj(pixel_major(feat_t.detach().float())), dim=-1), b, self.scope)
-            p_t = prototypes(f_t, onehot)
-            z_t = adaptive_logits(f_t, p_t, self.tau)
+            f_t = to_groups(unit_rows(self._tproj(pixel_major(feat_t.detach().float()))), b, self.scope)
+            p_t, z_t = adaptive_head(f_t, onehot, self.tau)
             tproj_loss = None
             if any_valid:
-                logits = upsample_to(scatter_logits(z_t, present, b, size), labels.shape[-2:],
-                                     self.recipe.distill.align_corners)
-                tproj_loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
+                tproj_loss = upsampled_cross_entropy(scatter_logits(z_t, present, b, size), labels,
+                                                     self.recipe.distill.align_corners, self.ignore_index)
         if self.training:
             self._tproj.update(tproj_loss)
-        f_t, p_t, z_t = f_t.detach(), p_t.detach(), z_t.detach()
+        p_t, z_t = p_t.detach(), z_t.detach()
 
         # student side: gradients reach g_s and the student only
         proj_s = self.student_proj(pixel_major(feat_s))
         with torch.autocast(device_type=dev, enabled=False):
-            f_s = to_groups(F.normalize(proj_s.float(), dim=-1), b, self.scope)
-            p_s = prototypes(f_s, onehot)
-            z_s = adaptive_logits(f_s, p_s, self.tau)
+            f_s = to_groups(unit_rows(proj_s.float()), b, self.scope)
+            p_s, z_s = adaptive_head(f_s, onehot, self.tau)
             pk = adaptive_kl(z_t, z_s, present)
             pa = prototype_alignment(p_s, p_t, present)
         zero = z_t.new_zeros(())
