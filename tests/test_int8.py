@@ -17,7 +17,8 @@ from torch import nn
 
 from apd_edge.export.calibrate import HistogramCollector, collect_histograms, tensors_to_calibrate
 from apd_edge.export.int8 import EvalSet, build_int8
-from apd_edge.export.quantize import OP_TYPES_TO_QUANTIZE, check_qdq, to_cpu_variant
+from apd_edge.export.quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, check_qdq, float_tensors,
+                                     prepare_for_quantization, quantize_int8, quantized_tensors, to_cpu_variant)
 from apd_edge.runtime.preprocess import preprocess_image
 
 SIZE = (32, 32)
@@ -177,7 +178,8 @@ def _build(fp32, out, **kw):
 def test_sensitivity_ranks_the_fragile_layer_first(fragile, tmp_path):
     q = _build(fragile, tmp_path, target_drop=None)
     rank = json.loads((tmp_path / "int8_sensitivity.json").read_text())["ranking"]
-    assert rank[0]["node"] == "/conv3/Conv", [r["node"] for r in rank[:3]]
+    assert rank[0]["nodes"] == ["/conv3/Conv"], [r["nodes"] for r in rank[:3]]
+    assert rank[0]["tensor"] == "/conv2/Conv_output_0"  # the group is the fragile tensor conv3 reads
     assert rank[0]["gain"] > 5 * max(abs(r["gain"]) for r in rank[1:])
     assert "/conv3/Conv" in (tmp_path / "int8_sensitivity.md").read_text()
     assert q["float_layers"] == 0 and q["target"]["met"] is None
@@ -193,6 +195,64 @@ def test_mixed_precision_meets_target_that_plain_int8_misses(fragile, tmp_path):
     prod = {o: n for n in m.graph.node for o in n.output}
     assert all(i not in prod or prod[i].op_type != "DequantizeLinear" for i in conv3.input)  # float inputs
     assert check_qdq(m)["problems"] == [] and check_qdq(m)["quantized_convs"] == 3  # conv1, conv2, conv4
+
+
+class Branchy(nn.Module):
+    """Two branch convs read one tensor whose channel 0 is 1000x the rest (ESPNet's modules, in small):
+    keeping one branch conv in float leaves the other reading the same rounded tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.cls = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.conv2.weight[0] *= 1000
+            self.conv2.bias[0] *= 1000
+            self.a.weight[:, 0] /= 1000
+            self.b.weight[:, 0] /= 1000
+            self.cls.bias.zero_()
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return self.cls(torch.relu(self.a(y) + self.b(y)))
+
+
+def test_a_group_is_a_tensor_with_every_layer_that_reads_it(tmp_path):
+    path = tmp_path / "branchy.onnx"
+    torch.onnx.export(Branchy().eval(), torch.zeros(1, 3, *SIZE), str(path), input_names=["input"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    q = _build(path, tmp_path, target_drop=10.0, scheme="weighted", method="mse", max_float=0.5)  # 1 of 3
+    assert q["plain"]["miou_drop"] > 50.0
+    assert q["target"]["met"] is True and q["float_tensors"] == ["/conv2/Conv_output_0"]
+    assert q["float_nodes"] == ["/a/Conv", "/b/Conv"] and q["float_layers"] == 2
+    m = onnx.load(str(tmp_path / "model_int8.onnx"))
+    prod = {o: n for n in m.graph.node for o in n.output}
+    for name in ("/a/Conv", "/b/Conv"):  # float layers: float input and float weight, no DQ in front
+        node = next(n for n in m.graph.node if n.name == name)
+        assert all(i not in prod or prod[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_weighted_scheme_quantizes_conv_inputs_only(fragile, tmp_path):
+    pre = prepare_for_quantization(fragile, tmp_path / "pre.onnx")
+    from apd_edge.export.calibrate import tensors_to_calibrate as names_of
+
+    ranges = {n: 4.0 for n in names_of(pre, OP_TYPES_TO_QUANTIZE)}
+    quantize_int8(tmp_path / "pre.onnx", tmp_path / "w.onnx", ranges, op_types=WEIGHTED_OPS,
+                  exclude_outputs=WEIGHTED_OPS)
+    m = onnx.load(str(tmp_path / "w.onnx"))
+    readers = quantized_tensors(m)
+    conv_inputs = {n.input[0] for n in pre.graph.node if n.op_type == "Conv" and n.name != "/cls/Conv"}
+    assert set(readers) == conv_inputs  # no Q/DQ on conv outputs of their own
+    assert readers["/conv2/Conv_output_0"] == ["/conv3/Conv"]
+    f = float_tensors(m, pre, ["/conv2/Conv_output_0"])
+    assert set(quantized_tensors(f)) == conv_inputs - {"/conv2/Conv_output_0"}
+    conv3 = next(n for n in f.graph.node if n.name == "/conv3/Conv")
+    w = {i.name for i in f.graph.initializer}
+    assert conv3.input[0] == "/conv2/Conv_output_0" and conv3.input[1] in w  # float weight back
 
 
 def test_gate_marks_a_model_that_cannot_meet_the_target(fragile, tmp_path):

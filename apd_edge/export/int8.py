@@ -5,9 +5,9 @@
 1. streaming calibration over training images (``calibrate.py``), cached in the bundle;
 2. one Q/DQ graph per calibration method, scored on held-out val images; the method with the lowest
    error against the FP32 ONNX output wins;
-3. sensitivity: each quantizable node (a Q/DQ group: a conv with its input/weight quantization, an Add,
-   a Concat, ...) is left in float alone, and the error it removes is its sensitivity (``int8_sensitivity.json``
-   and ``int8_sensitivity.md``);
+3. sensitivity: each quantized activation tensor (one Q/DQ group: the tensor's rounding, shared by every
+   layer that reads it) is left in float alone, and the error it removes is its sensitivity
+   (``int8_sensitivity.json`` and ``int8_sensitivity.md``);
 4. mixed precision: the most sensitive groups stay float (FP16 on TensorRT) until the mIoU drop against the
    FP32 ONNX on the parity images is within the target, or the float budget is spent;
 5. the TensorRT graph is written with FP16 scales and FP16 float layers (``int8_fp16.py``; ``fp32`` keeps
@@ -33,8 +33,8 @@ from ..metrics import ConfusionMatrix
 from ..runtime.postprocess import logits_to_labels
 from .calibrate import CALIB_METHODS, HistogramCollector, cache_key, collect_histograms, tensors_to_calibrate
 from .int8_fp16 import qdq_to_fp16
-from .quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, assert_qdq_conformance, classifier_nodes, float_groups,
-                       prepare_for_quantization, quantizable_nodes, quantize_int8, to_cpu_variant)
+from .quantize import (OP_TYPES_TO_QUANTIZE, WEIGHTED_OPS, assert_qdq_conformance, classifier_nodes, float_tensors,
+                       prepare_for_quantization, quantize_int8, quantized_tensors, to_cpu_variant)
 
 CALIB_CACHE = "calibration.npz"
 SENSITIVITY_JSON = "int8_sensitivity.json"
@@ -131,13 +131,16 @@ def sensitivity_table(rows: Sequence[dict], top: int = 30) -> str:
     """A Markdown table of the sensitivity ranking (most sensitive first)."""
     from ..tables import markdown_table
 
-    body = [(r["rank"], f"`{r['node']}`", r["op"], f"{r['gain']:+.3f}", f"{r['disagreement']:.3f}",
-             f"{r['rel_rmse']:.4f}")
+    def read_by(nodes: Sequence[str]) -> str:
+        return f"`{nodes[0]}`" + (f" +{len(nodes) - 1}" if len(nodes) > 1 else "") if nodes else "-"
+
+    body = [(r["rank"], f"`{r['tensor']}`", read_by(r["nodes"]), r["op"], f"{r['gain']:+.3f}",
+             f"{r['disagreement']:.3f}", f"{r['rel_rmse']:.4f}")
             for r in rows[:top]]
     if len(rows) > top:
-        body.append(("...", f"{len(rows) - top} more in {SENSITIVITY_JSON}", "", "", "", ""))
-    return markdown_table(("rank", "node", "op", "error removed (% px)", "disagreement left (% px)",
-                           "rel. logit RMSE left"), body, align="rllrrr")
+        body.append(("...", f"{len(rows) - top} more in {SENSITIVITY_JSON}", "", "", "", "", ""))
+    return markdown_table(("rank", "tensor", "read by", "op", "error removed (% px)", "disagreement left (% px)",
+                           "rel. logit RMSE left"), body, align="rlllrrr")
 
 
 def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Callable[[], Iterable[np.ndarray]],
@@ -215,11 +218,14 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         sens_idx = sorted({int(round(v)) for v in np.linspace(0, n_ev - 1, k)}) if k else []
 
         def make(ranges: dict, excl: Sequence[str], path: Path, ops: Sequence[str] = OP_TYPES_TO_QUANTIZE) -> Path:
-            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), op_types=ops, check=False)
+            # "weighted": Q/DQ on the inputs of weighted layers only, not also on their outputs (ONNX Runtime's
+            # writer adds those by default; TensorRT fuses a conv's output into what follows)
+            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), op_types=ops, check=False,
+                          exclude_outputs=WEIGHTED_OPS if tuple(ops) == WEIGHTED_OPS else ())
             return path
 
         def variant(floated: Sequence[str], path: Path) -> Path:
-            onnx.save(float_groups(full_model, pre, floated), str(path))
+            onnx.save(float_tensors(full_model, pre, floated), str(path))
             return path
 
         # 2. calibration method and quantization scheme by measured error. "all" also quantizes the
@@ -245,10 +251,9 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         base_sens = method_scores[best]
         log(f"INT8 ({chosen} calibration, {chosen_scheme} scheme): " + _describe(full))
 
-        # 3. sensitivity: leave one group in float at a time
-        dq_out = {o for n in full_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        quantized = {n.name for n in full_model.graph.node if any(i in dq_out for i in n.input)}
-        groups = [g for g in quantizable_nodes(pre, SCHEMES[chosen_scheme], exclude=base_excl) if g in quantized]
+        # 3. sensitivity: leave one group (a quantized tensor, with every layer reading it) in float at a time
+        readers = quantized_tensors(full_model)
+        groups = list(readers)
         op_of = {n.name: n.op_type for n in pre.graph.node}
         ranking: list[dict] = []
         t0 = time.perf_counter()
@@ -257,7 +262,9 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
             log(f"sensitivity: {len(groups)} groups on {len(sens_idx)} held-out val images")
             for i, g in enumerate(groups):
                 s = scorer.score(variant([g], tmp / "loo.onnx"), sens_idx)
-                ranking.append({"node": g, "op": op_of[g], "gain": base_sens["disagreement"] - s["disagreement"],
+                ranking.append({"tensor": g, "nodes": readers[g],
+                                "op": "/".join(sorted({op_of.get(r, "?") for r in readers[g]})),
+                                "gain": base_sens["disagreement"] - s["disagreement"],
                                 "gain_rmse": base_sens["rel_rmse"] - s["rel_rmse"], **s})
                 if (i + 1) % 20 == 0:
                     log(f"  sensitivity: {i + 1}/{len(groups)}")
@@ -274,7 +281,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         if target_drop is not None and "miou_drop" in full:
             met = full["miou_drop"] <= target_drop
             if not met and ranking and budget > 0:
-                order = [r["node"] for r in ranking if r["gain"] > 0 or r["gain_rmse"] > 0][:budget]
+                order = [r["tensor"] for r in ranking if r["gain"] > 0 or r["gain_rmse"] > 0][:budget]
                 tried: dict[int, dict] = {}
 
                 def trial(n: int) -> dict:
@@ -308,6 +315,9 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
                     floated = order[:best_n]
                     final_path = tried[best_n]["path"]
                     final = {k: v for k, v in tried[best_n].items() if k != "path"}
+
+        floated_set = {r for t in floated for r in readers[t]}
+        float_nodes = [n.name for n in pre.graph.node if n.name in floated_set]
 
         # 5. write the chosen graph (TensorRT rules checked) and its CPU twin
         dst = out_dir / INT8_FILE
@@ -348,7 +358,8 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         "range_overrides": len(overrides),
         "per_channel": True, "symmetric": True, "quantize_bias": False,
         "classifier_nodes": cls_nodes, "excluded_by_user": list(nodes_to_exclude),
-        "groups": len(groups), "float_nodes": floated, "float_layers": len(floated),
+        "groups": len(groups), "group_kind": "quantized activation tensor", "float_tensors": floated,
+        "float_nodes": float_nodes, "float_layers": len(float_nodes),
         "float_precision": used, "float_precision_choice": float_precision, "fp16": fp16_info,
         "plain": full, "final": final,
         "target": {"metric": "miou_drop_vs_fp32_onnx", "max_drop": target_drop, "met": met,
@@ -384,12 +395,14 @@ def _write_sensitivity(out_dir: Path, ranking: list[dict], method: str, sens_idx
     import json
 
     doc = {"metric": "argmax disagreement with the FP32 ONNX (% of pixels) on held-out val images",
-           "how": "each group is left in float alone; 'gain' is the disagreement it removes",
+           "how": "each group (a quantized activation tensor and the layers reading it) is left in float alone; "
+                  "'gain' is the disagreement it removes",
            "calibration": method, "images": list(sens_idx), "all_int8": base, "ranking": ranking}
     (out_dir / SENSITIVITY_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     head = (f"# INT8 sensitivity\n\nCalibration: {method}. All groups INT8: disagreement "
             f"{base['disagreement']:.3f}% of pixels, relative logit RMSE {base['rel_rmse']:.4f}, on "
-            f"{len(sens_idx)} held-out val images. Each row leaves one group in float; 'error removed' is how much "
-            "of the disagreement that group alone causes.\n\n")
+            f"{len(sens_idx)} held-out val images. Each row leaves one quantized tensor in float (every layer "
+            "that reads it then runs in float); 'error removed' is how much of the disagreement that tensor's "
+            "rounding causes.\n\n")
     (out_dir / SENSITIVITY_MD).write_text(head + sensitivity_table(ranking) + "\n")
 

@@ -100,14 +100,17 @@ def quantizable_nodes(model: onnx.ModelProto, op_types: Sequence[str] = OP_TYPES
 def quantize_int8(pre_path: str | Path, out_path: str | Path, ranges: dict[str, float], *,
                   nodes_to_exclude: Sequence[str] = (), exclude_classifier: bool = True,
                   per_channel: bool = True, quantize_bias: bool = False,
-                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE, check: bool = True) -> dict:
+                  op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE, check: bool = True,
+                  exclude_outputs: Sequence[str] = ()) -> dict:
     """Write a symmetric Q/DQ ONNX at ``out_path`` from a prepared FP32 model and activation ranges.
 
     ``pre_path`` comes from ``prepare_for_quantization``; ``ranges`` maps each tensor of
     ``calibrate.tensors_to_calibrate`` to its clip value |x| <= amax (from our streaming calibration).
     ONNX Runtime's ``quantize_static`` writes the graph (it reads the ranges as a calibration cache).
     ``quantize_bias=False`` keeps conv biases in float (TensorRT fuses them; int32 bias DQ is not part of
-    its Q/DQ rules). Returns a summary for the manifest.
+    its Q/DQ rules). ``exclude_outputs``: op types whose outputs get no Q/DQ of their own (ONNX Runtime's QDQ
+    writer quantizes a Conv's output too unless told not to); a consumer in ``op_types`` still quantizes
+    its inputs. Returns a summary for the manifest.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
@@ -116,7 +119,8 @@ def quantize_int8(pre_path: str | Path, out_path: str | Path, ranges: dict[str, 
     excluded = list(dict.fromkeys(nodes_to_exclude))
     cls_nodes = classifier_nodes(model) if exclude_classifier else []
     excluded += [n for n in cls_nodes if n not in excluded]
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias}
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias,
+             "OpTypesToExcludeOutputQuantization": list(exclude_outputs)}
     data = {k: (np.array(-v, np.float32), np.array(v, np.float32)) for k, v in ranges.items()}
     root = logging.getLogger()
     level = root.level
@@ -169,6 +173,45 @@ def float_groups(qdq: onnx.ModelProto, pre: onnx.ModelProto, nodes: Sequence[str
                 have.add(name)
     _prune(g)
     return m
+
+
+def quantized_tensors(qdq: onnx.ModelProto) -> dict[str, list[str]]:
+    """The activation tensors that carry a Q/DQ pair, in graph order, each with the nodes that read it
+    dequantized. One such tensor is one mixed-precision group: the branches of an ESPNet module all read one
+    quantized tensor, so keeping one branch conv in float leaves that tensor's rounding in place."""
+    g = qdq.graph
+    inits = {i.name for i in g.initializer}
+    cons = _consumers(g)
+    out: dict[str, list[str]] = {}
+    for q in g.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        readers = out.setdefault(q.input[0], [])
+        for dq in cons.get(q.output[0], []):
+            if dq.op_type == "DequantizeLinear":
+                readers += [n.name for n in cons.get(dq.output[0], []) if n.name not in readers]
+    return out
+
+
+def float_tensors(qdq: onnx.ModelProto, pre: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the Q/DQ graph in which ``tensors`` (keys of ``quantized_tensors``) stay float: their readers
+    take the float tensor, and a weighted node left with no quantized activation input gets its float weight
+    back (``float_groups``): it is a float layer, not INT8 weights behind a float input."""
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    g = m.graph
+    keep = set(tensors)
+    q_of = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in keep}
+    back = {n.output[0]: q_of[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_of}
+    to_float = []
+    for n in g.node:
+        if n.op_type in WEIGHTED_OPS and n.input and n.input[0] in back:
+            to_float.append(n.name)  # its data input goes float: the whole layer does
+        for k, i in enumerate(n.input):
+            if i in back:
+                n.input[k] = back[i]
+    _prune(g)
+    return float_groups(m, pre, to_float) if to_float else m
 
 
 def _prune(g: onnx.GraphProto) -> None:
