@@ -45,6 +45,9 @@ DEFAULT_MAX_FLOAT = 0.25  # at most this fraction of the quantizable groups stay
 INT8_FLOAT_CHOICES = ("auto", "fp16", "fp32")  # what the TensorRT graph's non-INT8 layers compute in
 FP16_TOLERANCE = 0.1  # mIoU points FP16 float layers may cost beyond FP32 ones under auto (about the noise)
 SCHEMES = {"all": OP_TYPES_TO_QUANTIZE, "weighted": WEIGHTED_OPS}  # which ops get Q/DQ (see build_int8)
+# op types whose outputs get no Q/DQ of their own: "weighted" rounds only what a weighted layer reads (ONNX
+# Runtime's writer would also round every conv output; TensorRT fuses a conv's output into what follows)
+SCHEME_EXCLUDE_OUTPUTS = {"all": (), "weighted": WEIGHTED_OPS}
 
 
 @dataclass
@@ -217,11 +220,9 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         k = min(sensitivity_images, n_ev)
         sens_idx = sorted({int(round(v)) for v in np.linspace(0, n_ev - 1, k)}) if k else []
 
-        def make(ranges: dict, excl: Sequence[str], path: Path, ops: Sequence[str] = OP_TYPES_TO_QUANTIZE) -> Path:
-            # "weighted": Q/DQ on the inputs of weighted layers only, not also on their outputs (ONNX Runtime's
-            # writer adds those by default; TensorRT fuses a conv's output into what follows)
-            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), op_types=ops, check=False,
-                          exclude_outputs=WEIGHTED_OPS if tuple(ops) == WEIGHTED_OPS else ())
+        def make(ranges: dict, excl: Sequence[str], path: Path, sc: str) -> Path:
+            quantize_int8(pre_path, path, ranges, nodes_to_exclude=list(excl), op_types=SCHEMES[sc], check=False,
+                          exclude_outputs=SCHEME_EXCLUDE_OUTPUTS[sc])
             return path
 
         def variant(floated: Sequence[str], path: Path) -> Path:
@@ -238,7 +239,7 @@ def build_int8(fp32_path: str | Path, out_dir: str | Path, *, calib_inputs: Call
         for sc in schemes:
             for m in methods:
                 key = m if len(schemes) == 1 else f"{sc}/{m}"
-                p = make(ranges_for(m), base_excl, tmp / f"q_{sc}_{m}.onnx", SCHEMES[sc])
+                p = make(ranges_for(m), base_excl, tmp / f"q_{sc}_{m}.onnx", sc)
                 method_scores[key] = {"scheme": sc, "method": m, **scorer.score(p, sens_idx)}
                 log(f"  {key:<18} disagreement {method_scores[key]['disagreement']:.3f}% "
                     f"rel. logit RMSE {method_scores[key]['rel_rmse']:.4f}")

@@ -90,13 +90,6 @@ def prepare_for_quantization(fp32_path: str | Path, out_path: str | Path) -> onn
     return model
 
 
-def quantizable_nodes(model: onnx.ModelProto, op_types: Sequence[str] = OP_TYPES_TO_QUANTIZE,
-                      exclude: Sequence[str] = ()) -> list[str]:
-    """Names of the nodes the Q/DQ writer may quantize (one sensitivity group each), in graph order."""
-    skip = set(exclude)
-    return [n.name for n in model.graph.node if n.op_type in op_types and n.name not in skip]
-
-
 def quantize_int8(pre_path: str | Path, out_path: str | Path, ranges: dict[str, float], *,
                   nodes_to_exclude: Sequence[str] = (), exclude_classifier: bool = True,
                   per_channel: bool = True, quantize_bias: bool = False,
