@@ -26,7 +26,8 @@ def bundle(tiny_bundle):
 def test_manifest_and_fp32_parity(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
     assert [(f["format"], f["precision"], f.get("variant")) for f in m["files"]] == [
-        ("onnx", "fp32", None), ("onnx", "fp16", None), ("onnx", "int8", None), ("onnx", "int8", "cpu"),
+        ("onnx", "fp32", None), ("onnx", "fp32", "cpu"), ("onnx", "fp16", None), ("onnx", "int8", None),
+        ("onnx", "int8", "cpu"),
         ("data", "int8", None)]  # the calibration cache (no sensitivity report: the tests switch it off)
     assert m["files"][-1]["path"] == "calibration.npz"
     assert m["input"] == {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": [1, 3, 64, 96],
@@ -142,7 +143,8 @@ def test_cli_export(tmp_path):
                                    "--parity-images", "2", "--size", "64x96"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert m["name"] == "tiny" and {f["path"] for f in m["files"]} == {"model.onnx", "model_fp16.onnx"}
+    assert m["name"] == "tiny"
+    assert {f["path"] for f in m["files"]} == {"model.onnx", "model_cpu.onnx", "model_fp16.onnx"}
     bad = CliRunner().invoke(cli, ["export", str(ckpt.parent), "--size", "65x96", "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "multiples of 32" in bad.output
     no_trt = CliRunner().invoke(cli, ["export", str(ckpt.parent), "--trt", "--out", str(tmp_path / "d")])

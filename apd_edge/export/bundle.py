@@ -32,6 +32,7 @@ from .parity import FP32_MIN_AGREEMENT, parity_table, pick_indices, run_parity
 # files an export writes (replaced by a re-export, never carried over from the previous bundle)
 OWN_FILES = ("manifest.json", "samples.npz", "calibration.npz", "int8_sensitivity.json", "int8_sensitivity.md")
 ONNX_FILES = dict(zip(ONNX_PRECISIONS, ("model.onnx", "model_fp16.onnx", "model_int8.onnx")))
+CPU_FP32_FILE = "model_cpu.onnx"  # the FP32 graph for ONNX Runtime's CPU provider (cpu_graph), when it differs
 PRECISIONS = ONNX_PRECISIONS
 DEFAULT_PARITY_IMAGES = 128  # covers CamVid val (101) whole; larger val sets are sampled evenly
 
@@ -420,11 +421,36 @@ def _export_onnx(src: _Source, out: Path, prep: dict, num_classes: int, precisio
         raise ApdError(f"model outputs {io['num_classes']} classes, checkpoint says {num_classes}")
     files = [file_entry(out, ONNX_FILES["fp32"], "onnx", "fp32")]
     extra: dict = {}
+    cpu = _cpu_fp32(out, prep, log)
+    if cpu:
+        files.append(file_entry(out, CPU_FP32_FILE, "onnx", "fp32", variant="cpu"))
+        extra["cpu_fp32"] = cpu
     if "fp16" in precisions:
         log("converting to FP16 (FP32 I/O, sensitive ops in FP32)")
         extra["fp16"] = convert_fp16(out / ONNX_FILES["fp32"], out / ONNX_FILES["fp16"])
         files.append(file_entry(out, ONNX_FILES["fp16"], "onnx", "fp16"))
     return io, files, extra
+
+
+def _cpu_fp32(out: Path, prep: dict, log: Callable[[str], None]) -> dict | None:
+    """``model_cpu.onnx``: the FP32 graph with ops ONNX Runtime's CPU runs slowly rewritten (``cpu_graph``), or
+    None when there is nothing to rewrite. Shipped only when its logits equal the FP32 graph's on a fixed input."""
+    from .cpu_graph import write_cpu_graph
+
+    counts = write_cpu_graph(str(out / ONNX_FILES["fp32"]), str(out / CPU_FP32_FILE))
+    if not counts:
+        return None
+    h, w = prep["size"]
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+    ref, new = (OrtBackend(out / f, device="cpu").infer(x) for f in (ONNX_FILES["fp32"], CPU_FP32_FILE))
+    diff = max(float(np.abs(ref[k].astype(np.float32) - new[k].astype(np.float32)).max()) for k in ref)
+    if diff > 1e-5 * max(1.0, max(float(np.abs(v).max()) for v in ref.values())):
+        (out / CPU_FP32_FILE).unlink()
+        log(f"warning: the CPU rewrite of the FP32 graph changed its logits (max |d| {diff:.3g}); not shipped")
+        return None
+    log(f"{CPU_FP32_FILE}: {', '.join(f'{v} {k}' for k, v in counts.items())} rewritten for ONNX Runtime's CPU "
+        f"(max |dlogit| vs {ONNX_FILES['fp32']}: {diff:.3g})")
+    return {"file": CPU_FP32_FILE, "rewrites": counts, "max_abs_diff": diff}
 
 
 def _int8_step(src: _Source, out: Path, files: list[dict], train_ds, val_items, prep: dict, num_classes: int,
@@ -510,6 +536,6 @@ def _manifest(src: _Source, name: str, num_classes: int, classes: list, palette:
                    "data_options": dict(recipe.data.options), "val_split": recipe.data.val_split},
         "versions": _versions(opset), "opset": opset,
         "parity": {"source": parity_src, "fp32_min_agreement": FP32_MIN_AGREEMENT, "results": parity},
-        "fp16": extra.get("fp16"), "quantization": extra.get("int8"),
+        "fp16": extra.get("fp16"), "quantization": extra.get("int8"), "cpu_fp32": extra.get("cpu_fp32"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ApdError
+from .cpu_graph import rewrite_for_ort_cpu
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # what gets Q/DQ: weighted ops (per-channel weights), residual adds, and ops that just pass int8 through.
@@ -238,7 +239,8 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
       output, scaled from ``output_ranges`` (the calibrated |x| range of that tensor). This adds one
       rounding per such conv, so the twin's accuracy is measured on its own (the bundle's parity table).
 
-    Weight Q/DQ (constant inputs) stay int8.
+    Weight Q/DQ (constant inputs) stay int8. Last, ``cpu_graph.rewrite_for_ort_cpu`` swaps ops ONNX Runtime's
+    CPU runs slowly (PRelu) for bit-identical fast forms.
     """
     m = qdq if isinstance(qdq, onnx.ModelProto) else onnx.load(str(qdq))
     g = m.graph
@@ -304,10 +306,11 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
     keep = [vi for vi in g.value_info if vi.name not in q_out]
     del g.value_info[:]
     g.value_info.extend(keep)
+    rewritten = rewrite_for_ort_cpu(m)
     _prune(g)
     onnx.save(m, str(out_path))
     return {"activation_qdq_nodes": n_act, "activation_type": "uint8 (zero point 128)", "weight_type": "int8",
-            "conv_outputs_quantized": added}
+            "conv_outputs_quantized": added, "cpu_rewrites": rewritten}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -134,7 +134,8 @@ def verify_file(bundle_dir: str | Path, entry: dict) -> Path:
 def find_file(manifest: dict, fmt: str, precision: str, variant: str | None = None) -> dict:
     """The ``files`` entry of a format ('onnx' | 'engine') and precision, or an ApdError listing choices.
 
-    Entries may carry a ``variant`` (``cpu``: the uint8-activation INT8 graph for ONNX Runtime's CPU).
+    Entries may carry a ``variant`` (``cpu``: the graph for ONNX Runtime's CPU provider: PRelu rewritten,
+    and for INT8 uint8 activations).
     With ``variant`` given, that entry is preferred and the plain one is the fallback; without it the
     plain entry (the one TensorRT builds from) is returned.
     """

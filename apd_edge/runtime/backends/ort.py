@@ -32,6 +32,7 @@ class OrtBackend:
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
+        self.path = Path(onnx_path)
         opts = ort.SessionOptions()
         threads = threads or current_threads()  # --threads of the command, when one set it
         if threads:
