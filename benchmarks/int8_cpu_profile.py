@@ -3,9 +3,12 @@
     python benchmarks/int8_cpu_profile.py BUNDLE [BUNDLE ...] [--threads 2] [--runs 20]
         [--out benchmarks/results/int8_cpu_profile]
 
-For each bundle, ``model.onnx`` and ``model_int8_cpu.onnx`` run with ONNX Runtime's profiler on one real sample
+For each bundle, the FP32 graph the runtime runs on CPU (``model_cpu.onnx`` when the bundle has one, else
+``model.onnx``) and ``model_int8_cpu.onnx`` run with ONNX Runtime's profiler on one real sample
 image (the bundle's ``samples.npz``; a fixed random input without it); kernel times are summed per op type and
 averaged over ``--runs``. Wall time comes from separate, interleaved runs without the profiler (median).
+Every session runs with intra-op spinning off: interleaved in one process, a thread pool still spinning
+after its run takes the cores from the next session.
 
 The *bound* is the twin's speed-up if its Q/DQ and layout (Transpose/Reorder) work cost nothing and every
 other float op cost what it costs in FP32: ``fp32 / (fp32 - fp32 convs + int8 convs + twin's float convs)``.
@@ -50,6 +53,8 @@ def _session(path: Path, threads: int, profile_dir: str | None = None):
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     o.log_severity_level = 3
+    # interleaved sessions in one process: a pool left spinning after its run slows the next session
+    o.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_dir:
         o.enable_profiling = True
         o.profile_file_prefix = str(Path(profile_dir) / path.stem)
@@ -119,7 +124,8 @@ def _md(doc: dict) -> str:
          f"Command: `{doc['command']}`  ", f"Date: {doc['date']}  ", f"Machine: {doc['machine']}  ",
          f"Settings: {json.dumps(doc['settings'])}", "",
          "Kernel times from ONNX Runtime's profiler (mean over the profiled runs, summed per op type); wall times "
-         "from separate interleaved runs without the profiler (median). *bound*: the twin's speed-up if its "
+         "from separate interleaved runs without the profiler (median), every session with intra-op spinning off "
+         "(a pool still spinning after its run would slow the next session). *bound*: the twin's speed-up if its "
          "Q/DQ and layout ops cost nothing and its float ops cost what FP32's do "
          "(`fp32 / (fp32 - fp32 convs + int8 convs + twin float convs)`).", ""]
     rows = []
@@ -138,8 +144,8 @@ def _md(doc: dict) -> str:
         body = [(k, f"{r['fp32']['ms'].get(k, 0):.2f}", r["fp32"]["nodes"].get(k, 0),
                  f"{r['int8_cpu']['ms'].get(k, 0):.2f}", r["int8_cpu"]["nodes"].get(k, 0)) for k in ops]
         body.append(("total", f"{r['fp32']['total_ms']:.2f}", "", f"{r['int8_cpu']['total_ms']:.2f}", ""))
-        L += [f"## {name}", "", markdown_table(("op type", "FP32 ms", "nodes", "INT8 twin ms", "nodes"), body,
-                                                 align="lrrrr"), ""]
+        table = markdown_table(("op type", "FP32 ms", "nodes", "INT8 twin ms", "nodes"), body, align="lrrrr")
+        L += [f"## {name}", "", f"FP32 graph: `{r.get('fp32_file', 'model.onnx')}`", "", table, ""]
     L += ["## Verdicts (computed from the numbers above)", ""]
     for name, r in doc["bundles"].items():
         a = r["analysis"]
@@ -157,15 +163,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "int8_cpu_profile"))
     args = ap.parse_args()
-    doc = {**provenance(), "settings": {"threads": args.threads, "runs": args.runs}, "bundles": {}}
+    doc = {**provenance(), "settings": {"threads": args.threads, "runs": args.runs, "ort_spinning": False},
+           "bundles": {}}
     for b in map(Path, args.bundles):
         if not (b / "model_int8_cpu.onnx").is_file():
             sys.exit(f"error: {b} has no model_int8_cpu.onnx (export it with --int8)")
         x = _input(b)
-        fp32 = op_profile(b / "model.onnx", x, args.threads, args.runs)
+        f32 = b / "model_cpu.onnx" if (b / "model_cpu.onnx").is_file() else b / "model.onnx"  # what the runtime runs
+        fp32 = op_profile(f32, x, args.threads, args.runs)
         twin = op_profile(b / "model_int8_cpu.onnx", x, args.threads, args.runs)
-        w32, w8 = wall([b / "model.onnx", b / "model_int8_cpu.onnx"], x, args.threads)
-        doc["bundles"][b.name] = {"path": str(b), "size": list(x.shape[-2:]), "fp32": fp32, "int8_cpu": twin,
+        w32, w8 = wall([f32, b / "model_int8_cpu.onnx"], x, args.threads)
+        doc["bundles"][b.name] = {"path": str(b), "fp32_file": f32.name, "size": list(x.shape[-2:]), "fp32": fp32,
+                                  "int8_cpu": twin,
                                   "wall_ms": {"fp32": w32, "int8_cpu": w8}, "analysis": analyse(fp32, twin)}
         print(f"{b.name}: FP32 {w32} ms, twin {w8} ms, bound {doc['bundles'][b.name]['analysis']['bound_speedup']}x",
               flush=True)
