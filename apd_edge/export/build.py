@@ -29,7 +29,7 @@ FP32_REPRODUCE = 99.9  # % of stored FP32 labels ONNX Runtime on the device shou
 
 
 def _onnx_files(manifest: dict) -> dict[str, dict]:
-    # a ``variant`` entry (the INT8 CPU twin: uint8 activations) is for ONNX Runtime, never for TensorRT
+    # a ``variant`` entry (the CPU graphs: model_cpu.onnx, the INT8 twin) is for ONNX Runtime, never for TensorRT
     return {f["precision"]: f for f in manifest["files"] if f["format"] == "onnx" and not f.get("variant")}
 
 
