@@ -14,19 +14,25 @@ from apd_edge.export.cpu_graph import rewrite_for_ort_cpu, write_cpu_graph
 
 C = 6
 SLOPES = {
-    "below_one": np.array([-0.7, -0.1, 0.0, 0.25, 0.9, 1.0], np.float32),  # negative slopes too: Max works
+    "below_one": np.array([-0.7, -0.1, 0.5, 0.25, 0.9, 1.0], np.float32),  # negative slopes too: Max works
     "above_one": np.array([1.0, 1.5, 2.0, 3.0, 1.25, 7.0], np.float32),
     "mixed": np.array([-0.5, 0.2, 1.7, 1.0, 0.0, 4.0], np.float32),
+    "zero_slope": np.array([-0.5, 0.2, 0.0, 1.0, 0.3, 0.1], np.float32),  # Max(+inf, +inf*0) would be NaN
 }
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 3e38], np.float32)
 
 
-def _prelu_model(slope: np.ndarray, as_constant_node: bool = False) -> onnx.ModelProto:
+def _prelu_model(slope: np.ndarray, as_constant_node: bool = False, direct: bool = False) -> onnx.ModelProto:
+    """Conv -> PRelu -> Add(x), or with ``direct`` PRelu on the input itself (to feed it inf, NaN, zeros)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 5, 7])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 5, 7])
     a = numpy_helper.from_array(slope.reshape(C, 1, 1), "a")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("PRelu", ["c", "a"], ["p"], name="prelu"),
+             helper.make_node("PRelu", ["x" if direct else "c", "a"], ["p"], name="prelu"),
              helper.make_node("Add", ["p", "x"], ["y"], name="residual")]
+    if direct:
+        nodes = [nodes[1]]
+        nodes[0].output[0] = "y"
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((C, C, 3, 3)).astype(np.float32), "w")
     inits = [w]
     if as_constant_node:
@@ -43,8 +49,9 @@ def _run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case,ops", [("below_one", ["Mul", "Max"]), ("above_one", ["Mul", "Min"]),
-                                      ("mixed", ["Relu", "Min", "Mul", "Add"])])
-def test_prelu_rewrite_is_bit_identical(case, ops):
+                                      ("mixed", ["Relu", "Min", "Mul", "Add"]),
+                                      ("zero_slope", ["Relu", "Min", "Mul", "Add"])])
+def test_prelu_rewrite_gives_the_same_values(case, ops):
     ref = _prelu_model(SLOPES[case])
     new = _prelu_model(SLOPES[case])
     assert rewrite_for_ort_cpu(new) == {"PRelu": 1}
@@ -54,8 +61,14 @@ def test_prelu_rewrite_is_bit_identical(case, ops):
     rng = np.random.default_rng(1)
     for _ in range(3):
         x = rng.standard_normal((1, C, 5, 7)).astype(np.float32) * 3
-        x[0, :, 0, 0] = 0.0  # zeros: every form must give 0
         assert np.array_equal(_run(ref, x), _run(new, x))
+    # PRelu straight on the input: zeros, infinities, NaN, denormals, huge values in every channel
+    ref, new = _prelu_model(SLOPES[case], direct=True), _prelu_model(SLOPES[case], direct=True)
+    rewrite_for_ort_cpu(new)
+    x = np.resize(SPECIAL, (1, C, 5, 7)).astype(np.float32)
+    x[0, :, 1:] = rng.standard_normal((C, 4, 7)).astype(np.float32)
+    x[0, :, 0, :] = SPECIAL[:7]
+    np.testing.assert_array_equal(_run(ref, x), _run(new, x))  # NaN equals NaN here; -0.0 equals 0.0
 
 
 def test_slope_from_a_constant_node_and_graphs_without_prelu(tmp_path):
@@ -64,6 +77,9 @@ def test_slope_from_a_constant_node_and_graphs_without_prelu(tmp_path):
     ref = _run(m, x)
     assert rewrite_for_ort_cpu(m) == {"PRelu": 1}
     assert np.array_equal(ref, _run(m, x))
+    over = _prelu_model(SLOPES["below_one"])  # a slope a caller may override at run time: left as PRelu
+    over.graph.input.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, [C, 1, 1]))
+    assert rewrite_for_ort_cpu(over) == {}
     onnx.save(m, str(tmp_path / "done.onnx"))  # nothing left to rewrite: nothing is written
     assert write_cpu_graph(str(tmp_path / "done.onnx"), str(tmp_path / "out.onnx")) == {}
     assert not (tmp_path / "out.onnx").exists()

@@ -106,7 +106,8 @@ def profile(art: Artifact, runner=None) -> dict:
             art.profile = {"params": int(d["params"]), "gmacs": gm, "source": "manifest"}
             return art.profile
     if art.bundle is not None:
-        fp32 = next((f for f in m.get("files", []) if f.get("format") == "onnx" and f.get("precision") == "fp32"), None)
+        fp32 = next((f for f in m.get("files", []) if f.get("format") == "onnx" and f.get("precision") == "fp32"
+                     and not f.get("variant")), None)
         if fp32 is not None:
             try:
                 from .onnx_profile import onnx_profile

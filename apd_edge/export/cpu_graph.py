@@ -1,11 +1,11 @@
-"""Graph rewrites for ONNX Runtime's CPU provider that leave every output bit-identical.
+"""Graph rewrites for ONNX Runtime's CPU provider that leave every output value unchanged.
 
 ONNX Runtime's CPU ``PRelu`` with a per-channel slope runs through its generic broadcasting path and costs
 several times an elementwise ``Mul``: on the ESPNet authors' CamVid model at 384x480 its 20 PReLUs took 8 of
-39 ms (``benchmarks/results/int8_cpu_profile.md``). Written as ``Max(x, x * a)`` (every slope <= 1),
+39 ms (``benchmarks/results/int8_cpu_profile.md``). Written as ``Max(x, x * a)`` (every slope <= 1, none 0),
 ``Min(x, x * a)`` (every slope >= 1) or ``Relu(x) + Min(x, 0) * a`` (mixed), the same numbers come out of
 ops ONNX Runtime runs fast: each form computes ``x`` or the one product ``x * a`` per element, exactly what
-PRelu computes.
+PRelu computes, infinities and NaN included (only a zero's sign may differ).
 
 TensorRT fuses PReLU itself, so the bundle's TensorRT sources keep it; the rewrite goes only into the graphs
 ONNX Runtime's CPU provider runs (``model_cpu.onnx``, ``model_int8_cpu.onnx``).
@@ -23,6 +23,8 @@ from onnx import helper, numpy_helper
 def _constant(g: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of ``name`` when it is an initializer, a Constant node's output, or an Identity of one (the
     exporter shares equal weights, e.g. untrained PReLU slopes, through Identity nodes)."""
+    if any(i.name == name for i in g.input):  # an initializer listed as an input can be overridden at run time
+        return None
     for i in g.initializer:
         if i.name == name:
             return numpy_helper.to_array(i)
@@ -41,7 +43,8 @@ def _prelu_nodes(n: onnx.NodeProto, slope: np.ndarray, zero: str) -> list[onnx.N
     base = n.name or y
     ax = f"{y}_apd_xa"
     mul = helper.make_node("Mul", [x, a], [ax], name=f"{base}_mul")
-    if np.all(slope <= 1):  # x > 0: x >= a*x; x < 0: a*x >= x (also for negative slopes)
+    # a zero slope would make Max(+inf, +inf*0) NaN where PRelu gives +inf: those take the mixed form
+    if np.all(slope <= 1) and not np.any(slope == 0):  # x > 0: x >= a*x; x < 0: a*x >= x (negative a too)
         return [mul, helper.make_node("Max", [x, ax], [y], name=f"{base}_max")]
     if np.all(slope >= 1):
         return [mul, helper.make_node("Min", [x, ax], [y], name=f"{base}_min")]
@@ -64,7 +67,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto) -> dict[str, int]:
     counts: collections.Counter = collections.Counter()
     for n in g.node:
         slope = _constant(g, n.input[1]) if n.op_type == "PRelu" else None
-        if slope is None or slope.dtype != np.float32:
+        if slope is None or slope.dtype != np.float32 or not np.isfinite(slope).all():
             out.append(n)
             continue
         out.extend(_prelu_nodes(n, slope, zero))
