@@ -132,15 +132,14 @@ def _md(doc: dict) -> str:
     for name, r in doc["bundles"].items():
         a = r["analysis"]
         w = r["wall_ms"]
-        reps = r.get("repeats") or [r]
-        bounds = [x["analysis"]["bound_speedup"] for x in reps]
-        walls = [x["wall_ms"]["fp32"] / x["wall_ms"]["int8_cpu"] for x in reps]
+        bounds = [x["analysis"]["bound_speedup"] for x in r["repeats"]]
+        walls = [x["wall_ms"]["fp32"] / x["wall_ms"]["int8_cpu"] for x in r["repeats"]]
         rows.append((name, f"{r['size'][0]}x{r['size'][1]}", f"{w['fp32']:.1f}", f"{w['int8_cpu']:.1f}",
                      f"{w['fp32'] / w['int8_cpu']:.2f}x", f"{a['fp32_conv_share'] * 100:.0f} %",
                      f"{a['conv_speedup']:.2f}x", f"{a['twin_qdq_layout_ms']:.1f}", f"{a['bound_speedup']:.2f}x",
                      f"{min(walls):.2f}-{max(walls):.2f}x", f"{min(bounds):.2f}-{max(bounds):.2f}x"))
-    L += [f"Each bundle was profiled {len(reps)} time(s); the row shows the run with the median bound, the last "
-          "two columns the range over all runs.", "",
+    L += [f"Each bundle was profiled {doc['settings']['repeats']} time(s); the row shows the run with the median "
+          "bound, the last two columns the range over all runs.", "",
           markdown_table(("bundle", "size", "FP32 wall ms", "INT8 twin wall ms", "wall speed-up",
                           "convs' share of FP32 kernel time", "conv speed-up (int8 vs fp32 kernels)",
                           "twin Q/DQ + layout ms", "bound", "wall speed-up, all runs", "bound, all runs"), rows,
@@ -157,7 +156,7 @@ def _md(doc: dict) -> str:
     for name, r in doc["bundles"].items():
         a = r["analysis"]
         sp = r["wall_ms"]["fp32"] / r["wall_ms"]["int8_cpu"]
-        top = max(x["analysis"]["bound_speedup"] for x in r.get("repeats") or [r])
+        top = max(x["analysis"]["bound_speedup"] for x in r["repeats"])
         L.append(f"- {name}: INT8 twin >= 1.3x FP32 (wall, median-bound run): {'yes' if sp >= 1.3 else 'no'} "
                  f"({sp:.2f}x); reachable with zero Q/DQ and layout cost (median bound >= 1.3): "
                  f"{'yes' if a['bound_speedup'] >= 1.3 else 'no'} ({a['bound_speedup']:.2f}x; "
@@ -174,6 +173,7 @@ def main() -> None:
                     help="profile each bundle this many times; the tables show the run with the median bound")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "int8_cpu_profile"))
     args = ap.parse_args()
+    args.repeats = max(1, args.repeats)
     doc = {**provenance(), "settings": {"threads": args.threads, "runs": args.runs, "repeats": args.repeats,
                                         "ort_spinning": False}, "bundles": {}}
     for b in map(Path, args.bundles):
@@ -182,7 +182,7 @@ def main() -> None:
         x = _input(b)
         f32 = b / "model_cpu.onnx" if (b / "model_cpu.onnx").is_file() else b / "model.onnx"  # what the runtime runs
         reps = []
-        for _ in range(max(1, args.repeats)):  # the machine drifts: repeat, keep every run, show the median one
+        for _ in range(args.repeats):  # the machine drifts: repeat, keep every run, show the median one
             fp32 = op_profile(f32, x, args.threads, args.runs)
             twin = op_profile(b / "model_int8_cpu.onnx", x, args.threads, args.runs)
             w32, w8 = wall([f32, b / "model_int8_cpu.onnx"], x, args.threads)

@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..data.scoring import describe_selection
 from ..errors import ApdError
+from ..runtime.manifest import find_file
 from .accuracy import evaluate_predictor
 from .artifacts import Artifact
 from .latency import time_row
@@ -106,8 +107,10 @@ def profile(art: Artifact, runner=None) -> dict:
             art.profile = {"params": int(d["params"]), "gmacs": gm, "source": "manifest"}
             return art.profile
     if art.bundle is not None:
-        fp32 = next((f for f in m.get("files", []) if f.get("format") == "onnx" and f.get("precision") == "fp32"
-                     and not f.get("variant")), None)
+        try:
+            fp32 = find_file(m, "onnx", "fp32")  # the plain graph, not a CPU variant
+        except ApdError:
+            fp32 = None
         if fp32 is not None:
             try:
                 from .onnx_profile import onnx_profile

@@ -19,23 +19,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .quantize import constant_value
 
-def _constant(g: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of ``name`` when it is an initializer, a Constant node's output, or an Identity of one (the
-    exporter shares equal weights, e.g. untrained PReLU slopes, through Identity nodes)."""
-    if any(i.name == name for i in g.input):  # an initializer listed as an input can be overridden at run time
-        return None
-    for i in g.initializer:
-        if i.name == name:
-            return numpy_helper.to_array(i)
-    for n in g.node:
-        if n.output and n.output[0] == name:
-            if n.op_type == "Identity":
-                return _constant(g, n.input[0])
-            if n.op_type == "Constant":
-                return next((numpy_helper.to_array(a.t) for a in n.attribute if a.name == "value"), None)
-            return None
-    return None
+
+def _slope(g: onnx.GraphProto, name: str, identity: dict[str, str], inputs: set[str]) -> np.ndarray | None:
+    """A PRelu slope's constant value, through Identity nodes (the exporter shares equal weights, e.g. untrained
+    slopes, that way); None when it is not constant or is a graph input a caller can override at run time."""
+    while name in identity:
+        name = identity[name]
+    return None if name in inputs else constant_value(g, name)
 
 
 def _prelu_nodes(n: onnx.NodeProto, slope: np.ndarray, zero: str) -> list[onnx.NodeProto]:
@@ -65,8 +57,10 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto) -> dict[str, int]:
     zero = "apd_cpu_zero_f32"
     out: list[onnx.NodeProto] = []
     counts: collections.Counter = collections.Counter()
+    identity = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
+    inputs = {i.name for i in g.input}
     for n in g.node:
-        slope = _constant(g, n.input[1]) if n.op_type == "PRelu" else None
+        slope = _slope(g, n.input[1], identity, inputs) if n.op_type == "PRelu" else None
         if slope is None or slope.dtype != np.float32 or not np.isfinite(slope).all():
             out.append(n)
             continue

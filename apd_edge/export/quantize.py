@@ -22,7 +22,6 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ApdError
-from .cpu_graph import rewrite_for_ort_cpu
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # what gets Q/DQ: weighted ops (per-channel weights), residual adds, and ops that just pass int8 through.
@@ -240,7 +239,7 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
       rounding per such conv, so the twin's accuracy is measured on its own (the bundle's parity table).
 
     Weight Q/DQ (constant inputs) stay int8. Last, ``cpu_graph.rewrite_for_ort_cpu`` swaps ops ONNX Runtime's
-    CPU runs slowly (PRelu) for bit-identical fast forms.
+    CPU runs slowly (PRelu) for fast forms that give the same values.
     """
     m = qdq if isinstance(qdq, onnx.ModelProto) else onnx.load(str(qdq))
     g = m.graph
@@ -293,7 +292,7 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
             continue
         zp = n.input[2]
         if zp not in changed:
-            arr = numpy_helper.to_array(inits[zp]) if zp in inits else _const(g, zp)
+            arr = numpy_helper.to_array(inits[zp]) if zp in inits else constant_value(g, zp)
             if arr is None or arr.dtype != np.int8 or np.any(arr != 0):
                 raise ApdError(f"CPU INT8 variant: {n.name} has zero point {arr!r}; expected symmetric int8 (0)")
             new = zp + "_u8"
@@ -306,6 +305,8 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
     keep = [vi for vi in g.value_info if vi.name not in q_out]
     del g.value_info[:]
     g.value_info.extend(keep)
+    from .cpu_graph import rewrite_for_ort_cpu  # cpu_graph reads constants through this module
+
     rewritten = rewrite_for_ort_cpu(m)
     _prune(g)
     onnx.save(m, str(out_path))
@@ -318,7 +319,8 @@ def to_cpu_variant(qdq: str | Path | onnx.ModelProto, out_path: str | Path,
 # ---------------------------------------------------------------------------------------------------
 
 
-def _const(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or a Constant node's output, else None."""
     for i in graph.initializer:
         if i.name == name:
             return numpy_helper.to_array(i)
@@ -356,7 +358,7 @@ def check_qdq(model: str | Path | onnx.ModelProto, classifier: Sequence[str] | N
         if len(n.input) < 3 or not n.input[2]:
             problems.append(f"{n.name}: no zero point (defaults to uint8)")
             continue
-        zp = _const(g, n.input[2])
+        zp = constant_value(g, n.input[2])
         if zp is None:
             problems.append(f"{n.name}: zero point is not a constant")
         elif zp.dtype != np.int8:
@@ -371,10 +373,10 @@ def check_qdq(model: str | Path | onnx.ModelProto, classifier: Sequence[str] | N
             continue
         quantized += 1
         src = w_dq.input[0]
-        w = _const(g, src)
+        w = constant_value(g, src)
         if w is None and src in prod and prod[src].op_type == "QuantizeLinear":
-            w = _const(g, prod[src].input[0])
-        scale = _const(g, w_dq.input[1])
+            w = constant_value(g, prod[src].input[0])
+        scale = constant_value(g, w_dq.input[1])
         if w is None or scale is None:
             problems.append(f"{c.name}: weight or weight scale is not constant")
             continue
